@@ -1,0 +1,1 @@
+"""Analysis stage: series -> volume, OpenCV pre/post-processing, ONNX Runtime, measurements."""

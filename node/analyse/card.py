@@ -1,0 +1,247 @@
+"""Model cards: ``models/<name>/model.toml`` says what a model needs and what its outputs mean.
+
+The card is the only model-specific thing: the runtime, the pre/post-processing and the encoders read
+it, so a new model is a new folder, not new code. Loading checks the ONNX file's sha256 against the card
+and refuses a mismatch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from node.analyse.types import Priority
+from node.errors import ChecksumError, ConfigError
+
+_STRICT = ConfigDict(frozen=True, extra="forbid")
+
+
+class Code(BaseModel):
+    """A coded concept: (scheme designator, code value, code meaning), e.g. ("SCT", "39607008", "Lung")."""
+
+    model_config = _STRICT
+    scheme: str = Field(min_length=1, max_length=16)
+    value: str = Field(min_length=1, max_length=64)
+    meaning: str = Field(min_length=1, max_length=64)
+
+
+class ModelInfo(BaseModel):
+    model_config = _STRICT
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    version: str = Field(min_length=1, max_length=64)
+    description: str
+    manufacturer: str = Field(min_length=1, max_length=64)
+    intended_use: str
+    limitations: str = ""
+    file: str = "model.onnx"
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class Accepts(BaseModel):
+    """Which series the model may be run on; a series outside these is skipped with the reason."""
+
+    model_config = _STRICT
+    modality: tuple[str, ...] = ("CT",)
+    # Body Part Examined values accepted; an empty tuple accepts any, "" accepts a missing value.
+    body_part: tuple[str, ...] = ()
+    slice_thickness_mm: tuple[float, float] = (0.0, 100.0)
+    min_slices: int = Field(default=1, ge=1)
+
+
+class Window(BaseModel):
+    """Linear map of [center - width/2, center + width/2] to [0, 1], clipped."""
+
+    model_config = _STRICT
+    center: float
+    width: Annotated[float, Field(gt=0)]
+
+
+class InputSpec(BaseModel):
+    model_config = _STRICT
+    kind: Literal["2d", "3d"] = "2d"
+    # 2d: (rows, columns) the network sees; 3d: (slices, rows, columns) of one sliding-window patch.
+    size: tuple[int, ...] = Field(min_length=2, max_length=3)
+    # Target spacing in mm: 2d (row, column); 3d (slice, row, column).
+    spacing_mm: tuple[float, ...] = Field(min_length=2, max_length=3)
+    window: Window
+    denoise: Literal["none", "gaussian", "bilateral"] = "none"
+    denoise_sigma: float = Field(default=0.8, gt=0)
+    clahe: bool = False
+    clahe_clip: float = Field(default=2.0, gt=0)
+    # 3d only: fraction of a patch that neighbouring sliding-window patches overlap.
+    overlap: float = Field(default=0.5, ge=0, lt=1)
+    batch_size: int = Field(default=8, ge=1)
+
+    @model_validator(mode="after")
+    def _dims_match(self) -> InputSpec:
+        dims = 2 if self.kind == "2d" else 3
+        if len(self.size) != dims or len(self.spacing_mm) != dims:
+            raise ValueError(f"input.size and input.spacing_mm need {dims} numbers for kind = '{self.kind}'")
+        return self
+
+
+class OutputSpec(BaseModel):
+    model_config = _STRICT
+    # softmax: one channel per class (0 = background); sigmoid: one channel per label.
+    activation: Literal["softmax", "sigmoid"] = "softmax"
+    # Probabilities are resized back to the source grid with this interpolation before the argmax.
+    resize_back: Literal["linear", "nearest"] = "linear"
+
+
+class Label(BaseModel):
+    """One output class, its coded meaning (SEG segment) and its post-processing."""
+
+    model_config = _STRICT
+    index: int = Field(ge=1, le=255)
+    name: str = Field(min_length=1, max_length=64)
+    category: Code
+    type: Code
+    colour: tuple[int, int, int] = (255, 0, 0)
+    # Report each connected component as a finding (measurement group in the SR).
+    findings: bool = False
+    # Post-processing: opening/closing radius in mm (0 = off), hole filling, component size floors.
+    opening_mm: float = Field(default=0.0, ge=0)
+    closing_mm: float = Field(default=0.0, ge=0)
+    fill_holes: bool = False
+    min_volume_mm3: float = Field(default=0.0, ge=0)
+    min_diameter_mm: float = Field(default=0.0, ge=0)
+    keep_largest: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _colour_range(self) -> Label:
+        if any(not 0 <= c <= 255 for c in self.colour):
+            raise ValueError("colour: three integers 0..255 (R, G, B)")
+        return self
+
+
+class Outputs(BaseModel):
+    model_config = _STRICT
+    seg: bool = True
+    sr: bool = True
+    sc: bool = False
+
+
+class TriageRule(BaseModel):
+    """If a finding of ``label`` reaches ``min_diameter_mm`` (and ``min_volume_mm3``), suggest ``priority``."""
+
+    model_config = _STRICT
+    label: str
+    min_diameter_mm: float = Field(default=0.0, ge=0)
+    min_volume_mm3: float = Field(default=0.0, ge=0)
+    priority: Priority
+
+
+class Triage(BaseModel):
+    model_config = _STRICT
+    default: Priority = Priority.ROUTINE
+    rules: tuple[TriageRule, ...] = ()
+
+
+class ModelCard(BaseModel):
+    """A parsed ``model.toml``. ``directory`` is where the card was read from (set by :func:`load_card`)."""
+
+    model_config = _STRICT
+    model: ModelInfo
+    accepts: Accepts = Accepts()
+    input: InputSpec
+    output: OutputSpec = OutputSpec()
+    labels: tuple[Label, ...] = Field(min_length=1)
+    outputs: Outputs = Outputs()
+    triage: Triage = Triage()
+    evaluation: dict[str, float | int | str] = Field(default_factory=dict)
+    directory: Path | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelCard:
+        indices = [label.index for label in self.labels]
+        if len(set(indices)) != len(indices):
+            raise ValueError("labels: each label index must be used once")
+        names = {label.name for label in self.labels}
+        for rule in self.triage.rules:
+            if rule.label not in names:
+                raise ValueError(f"triage.rules: label '{rule.label}' is not one of {sorted(names)}")
+        return self
+
+    @property
+    def onnx_path(self) -> Path:
+        base = self.directory if self.directory is not None else Path(".")
+        return base / self.model.file
+
+    def label(self, index: int) -> Label:
+        for label in self.labels:
+            if label.index == index:
+                return label
+        raise KeyError(index)
+
+
+def format_validation_error(source: str, error: ValidationError) -> str:
+    """One line per problem: ``source: key.path: message``."""
+    lines = []
+    for item in error.errors():
+        path = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"{source}: {path}: {message}")
+    return "\n".join(lines)
+
+
+def parse_card(text: str, source: str = "model.toml", directory: Path | None = None) -> ModelCard:
+    """Parse and validate card text; raise :class:`ConfigError` naming every bad key."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
+    try:
+        return ModelCard.model_validate({**data, "directory": directory})
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(source, exc)) from exc
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_card(directory: Path, verify: bool = True) -> ModelCard:
+    """Read ``directory/model.toml``; with ``verify``, check the ONNX file exists and matches sha256."""
+    card_path = directory / "model.toml"
+    if not card_path.is_file():
+        raise ConfigError(f"{card_path}: no model card here (each model folder needs a model.toml)")
+    card = parse_card(card_path.read_text(encoding="utf-8"), str(card_path), directory)
+    if verify:
+        verify_checksum(card)
+    return card
+
+
+def verify_checksum(card: ModelCard) -> None:
+    path = card.onnx_path
+    if not path.is_file():
+        raise ChecksumError(f"{path}: model file named by model.file in the card is missing")
+    actual = sha256_of(path)
+    if actual != card.model.sha256:
+        raise ChecksumError(
+            f"{path}: sha256 is {actual} but the card says {card.model.sha256}; the model file was changed "
+            "or replaced. Refusing to load it: restore the file, or update model.sha256 after re-evaluating it."
+        )
+
+
+def default_models_dir() -> Path:
+    """``models/`` beside the package (a source checkout), the place cards are looked up by name."""
+    return Path(__file__).resolve().parents[2] / "models"
+
+
+def find_card(name: str, models_dir: Path | None = None, verify: bool = True) -> ModelCard:
+    base = models_dir if models_dir is not None else default_models_dir()
+    directory = base / name
+    if not directory.is_dir():
+        known = (
+            sorted(p.name for p in base.iterdir() if (p / "model.toml").is_file()) if base.is_dir() else []
+        )
+        raise ConfigError(f"model '{name}' not found in {base}; known models: {', '.join(known) or 'none'}")
+    return load_card(directory, verify=verify)

@@ -1,0 +1,178 @@
+"""ONNX Runtime inference over a volume, generic over 2-D and 3-D models described by a card.
+
+One :class:`Model` holds one inference session (one per worker process, DESIGN §3). ``segment`` turns a
+:class:`Volume` into a label volume on the source grid without ever holding full-resolution class
+probabilities for the whole volume: 2-D models are run batch by batch and each slice is reduced to labels
+at once; 3-D models accumulate blended probabilities on the (smaller) model grid only.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+from numpy.typing import NDArray
+
+from node.analyse.card import ModelCard, verify_checksum
+from node.analyse.preprocess import Plan2D, apply_window, enhance, from_model, plan_2d, to_model
+from node.analyse.types import Volume
+from node.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+
+
+class Model:
+    """A verified card and its ONNX Runtime session (CPU provider, thread counts from the caller)."""
+
+    def __init__(self, card: ModelCard, threads: int = 0, verify: bool = True) -> None:
+        if verify:
+            verify_checksum(card)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads  # 0 = ONNX Runtime's choice (all cores)
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            # Name the CPU provider: the default list may include providers that need a network.
+            self.session = ort.InferenceSession(
+                str(card.onnx_path), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own untyped errors for a bad file
+            raise ModelError(f"{card.onnx_path}: ONNX Runtime cannot load the model: {exc}") from exc
+        self.card = card
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or not outputs:
+            raise ModelError(f"{card.onnx_path}: expected one input and at least one output")
+        self.input_name = inputs[0].name
+        self.output_name = outputs[0].name
+        self.classes = 1 + len(card.labels)
+        # Seconds spent per step, summed over calls: read by the CLI summary and bench/analyse.py.
+        self.timings: defaultdict[str, float] = defaultdict(float)
+
+    def run(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
+        """Raw network output for ``batch`` (N, 1, ...), turned into probabilities per the card."""
+        started = time.perf_counter()
+        try:
+            raw = self.session.run([self.output_name], {self.input_name: batch})[0]
+        except Exception as exc:
+            raise ModelError(f"model {self.card.model.name}: inference failed: {exc}") from exc
+        self.timings["inference"] += time.perf_counter() - started
+        raw = np.asarray(raw, dtype=np.float32)
+        if self.card.output.activation == "softmax":
+            if raw.shape[1] != self.classes:
+                raise ModelError(
+                    f"model {self.card.model.name}: {raw.shape[1]} output channels, but the card has "
+                    f"{len(self.card.labels)} labels (softmax needs labels + 1 for background)"
+                )
+            raw -= raw.max(axis=1, keepdims=True)
+            np.exp(raw, out=raw)
+            raw /= raw.sum(axis=1, keepdims=True)
+            return raw
+        if raw.shape[1] != self.classes - 1:
+            raise ModelError(f"model {self.card.model.name}: sigmoid output needs one channel per label")
+        fg = 1.0 / (1.0 + np.exp(-raw))
+        # Background as "no label above one half" so the same argmax serves both activations.
+        background = np.full(fg.shape[:1] + (1,) + fg.shape[2:], 0.5, np.float32)
+        return np.concatenate([background, fg], axis=1)
+
+    def segment(self, volume: Volume, progress: Progress | None = None) -> NDArray[np.uint8]:
+        """Label volume (uint8, source grid, values = card label indices) for ``volume``."""
+        if self.card.input.kind == "2d":
+            return self._segment_2d(volume, progress)
+        return self._segment_3d(volume, progress)
+
+    def _label_values(self) -> NDArray[np.uint8]:
+        return np.array([0] + [label.index for label in self.card.labels], dtype=np.uint8)
+
+    def _segment_2d(self, volume: Volume, progress: Progress | None) -> NDArray[np.uint8]:
+        spec = self.card.input
+        plan = plan_2d(volume.shape[1:], (volume.spacing[1], volume.spacing[2]), spec)
+        values = self._label_values()
+        out = np.empty(volume.shape, np.uint8)
+        total = volume.shape[0]
+        for start in range(0, total, spec.batch_size):
+            stop = min(total, start + spec.batch_size)
+            t0 = time.perf_counter()
+            batch = np.stack([to_model(volume.voxels[k], plan, spec) for k in range(start, stop)])[:, None]
+            self.timings["preprocess"] += time.perf_counter() - t0
+            probs = self.run(batch)
+            t0 = time.perf_counter()
+            for n, k in enumerate(range(start, stop)):
+                back = from_model(probs[n], plan, self.card.output.resize_back)
+                out[k] = values[np.argmax(back, axis=0)]
+            self.timings["resize_back"] += time.perf_counter() - t0
+            if progress is not None:
+                progress(stop, total)
+        return out
+
+    def _segment_3d(self, volume: Volume, progress: Progress | None) -> NDArray[np.uint8]:
+        spec = self.card.input
+        patch = tuple(int(s) for s in spec.size)
+        plan = plan_2d(volume.shape[1:], (volume.spacing[1], volume.spacing[2]), spec)
+        # Resample along z to the card's slice spacing, then each slice in-plane as for 2-D models.
+        depth = max(1, round(volume.shape[0] * volume.spacing[0] / spec.spacing_mm[0]))
+        src_z = np.linspace(0, volume.shape[0] - 1, depth)
+        grid = np.empty((depth, *plan.scaled), np.float32)
+        for d, z in enumerate(src_z):
+            k0 = int(math.floor(z))
+            k1 = min(k0 + 1, volume.shape[0] - 1)
+            w = np.float32(z - k0)
+            image = volume.voxels[k0] * (1 - w) + volume.voxels[k1] * w
+            image = enhance(apply_window(image, spec.window), spec)
+            grid[d] = cv2.resize(image, (plan.scaled[1], plan.scaled[0]), interpolation=cv2.INTER_AREA)
+        probs = self._sliding_window(grid, patch, progress)
+        values = self._label_values()
+        out = np.empty(volume.shape, np.uint8)
+        full = Plan2D(plan.source, plan.scaled, plan.scaled, (0, 0))
+        for k in range(volume.shape[0]):
+            # Linear interpolation between the two model slices around source slice k.
+            z = k * (depth - 1) / max(1, volume.shape[0] - 1)
+            d0 = int(math.floor(z))
+            d1 = min(d0 + 1, depth - 1)
+            w = np.float32(z - d0)
+            p = probs[:, d0] * (1 - w) + probs[:, d1] * w
+            out[k] = values[np.argmax(from_model(p, full, self.card.output.resize_back), axis=0)]
+        return out
+
+    def _sliding_window(
+        self, grid: NDArray[np.float32], patch: tuple[int, ...], progress: Progress | None
+    ) -> NDArray[np.float32]:
+        """Blend overlapping patch predictions with a tent weight that favours patch centres."""
+        shape = grid.shape
+        padded_shape = tuple(max(s, p) for s, p in zip(shape, patch, strict=True))
+        padded = np.zeros(padded_shape, np.float32)
+        padded[: shape[0], : shape[1], : shape[2]] = grid
+        starts = [_starts(n, p, self.card.input.overlap) for n, p in zip(padded_shape, patch, strict=True)]
+        acc = np.zeros((self.classes, *padded_shape), np.float32)
+        weight_sum = np.zeros(padded_shape, np.float32)
+        tent = _tent(patch)
+        positions = [(a, b, c) for a in starts[0] for b in starts[1] for c in starts[2]]
+        for n, (a, b, c) in enumerate(positions):
+            region = (slice(a, a + patch[0]), slice(b, b + patch[1]), slice(c, c + patch[2]))
+            probs = self.run(padded[region][None, None])[0]
+            acc[(slice(None), *region)] += probs * tent
+            weight_sum[region] += tent
+            if progress is not None:
+                progress(n + 1, len(positions))
+        acc /= np.maximum(weight_sum, 1e-6)
+        return acc[:, : shape[0], : shape[1], : shape[2]]
+
+
+def _starts(length: int, patch: int, overlap: float) -> list[int]:
+    step = max(1, int(patch * (1 - overlap)))
+    starts = list(range(0, max(1, length - patch + 1), step))
+    if starts[-1] + patch < length:
+        starts.append(length - patch)
+    return starts
+
+
+def _tent(patch: tuple[int, ...]) -> NDArray[np.float32]:
+    axes = [1.0 - np.abs(np.linspace(-1, 1, p, dtype=np.float32)) * 0.9 for p in patch]
+    return np.einsum("i,j,k->ijk", *axes).astype(np.float32)

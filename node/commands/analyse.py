@@ -1,0 +1,112 @@
+"""``pacs-node analyse``: run a model on a series folder and write SEG + SR, the offline face of the worker."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from node.analyse.card import find_card
+from node.analyse.pipeline import analyse, refusal
+from node.analyse.runtime import Model
+from node.analyse.types import AnalysisResult
+from node.analyse.volume import group_by_series, load_series
+from node.commands.output import progress_bar, say
+from node.encode import encode_results, write_datasets
+from node.errors import InputError
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "analyse",
+        help="analyse a series folder offline and write SEG + SR",
+        description="Load every series in IN_DIR, run the model on each series its card accepts, and write "
+        "the DICOM SEG, the Comprehensive 3D SR (TID 1500) and findings.json into OUT_DIR.",
+        epilog="example: pacs-node synth ct --out demo/ct && pacs-node analyse demo/ct --out demo/results",
+    )
+    p.add_argument("in_dir", type=Path, metavar="IN_DIR", help="folder with the DICOM files of a study or series")
+    p.add_argument("--out", type=Path, required=True, metavar="OUT_DIR", help="folder for the results")
+    p.add_argument("--model", default="lung-nodule-ct", help="model name, a folder in the models directory")
+    p.add_argument("--models-dir", type=Path, default=None, help="where model folders live (default: ./models)")
+    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0 = all cores)")
+    p.set_defaults(func=run)
+
+
+def _summary(result: AnalysisResult, seconds: float) -> list[str]:
+    v = result.volume
+    lines = [f"series {v.series_instance_uid}: {v.shape[0]} slices analysed in {seconds:.1f} s"]
+    if not result.findings:
+        lines.append("  no findings")
+    for f in result.findings:
+        x, y, z = f.centroid_mm
+        lines.append(
+            f"  {f.label_name} {f.number}: {f.longest_axial_diameter_mm:.1f} mm, {f.volume_mm3:.0f} mm3, "
+            f"mean {f.mean_value:.0f} HU, at ({x:.1f}, {y:.1f}, {z:.1f}) mm"
+        )
+    lines.append(f"  suggested priority: {result.priority} ({result.priority_reason})")
+    return lines
+
+
+def _findings_json(result: AnalysisResult, files: list[Path]) -> dict[str, object]:
+    return {
+        "series_instance_uid": result.volume.series_instance_uid,
+        "priority": str(result.priority),
+        "priority_reason": result.priority_reason,
+        "findings": [
+            {
+                "label": f.label_name,
+                "number": f.number,
+                "volume_mm3": round(f.volume_mm3, 2),
+                "longest_axial_diameter_mm": round(f.longest_axial_diameter_mm, 2),
+                "centroid_mm": [round(c, 2) for c in f.centroid_mm],
+                "mean_value": round(f.mean_value, 1),
+            }
+            for f in result.findings
+        ],
+        "files": [p.name for p in files],
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    card = find_card(args.model, args.models_dir)
+    say(f"model {card.model.name} {card.model.version} (sha256 {card.model.sha256[:12]}... verified)")
+    model = Model(card, threads=args.threads)
+    if not args.in_dir.exists():
+        raise InputError(f"{args.in_dir}: no such file or folder")
+    files = [args.in_dir] if args.in_dir.is_file() else sorted(p for p in args.in_dir.rglob("*") if p.is_file())
+    series = group_by_series(files)
+    if not series:
+        raise InputError(f"{args.in_dir}: no DICOM image series found")
+    say(f"found {len(series)} series in {args.in_dir}")
+    written: list[Path] = []
+    analysed = 0
+    for uid, paths in series.items():
+        started = time.monotonic()
+        say(f"loading series {uid} ({len(paths)} files) ...")
+        volume = load_series(paths, uid)
+        sp = volume.spacing
+        say(
+            f"  {volume.shape[0]} slices of {volume.shape[1]}x{volume.shape[2]}, "
+            f"{sp[1]:.2f} x {sp[2]:.2f} x {sp[0]:.2f} mm ({time.monotonic() - started:.1f} s)"
+        )
+        reason = refusal(volume, card)
+        if reason:
+            say(f"  skipped: {reason}")
+            continue
+        result = analyse(volume, model, progress_bar("inference"))
+        say(f"  post-processed: {len(result.findings)} findings; encoding SEG + SR ...")
+        datasets = encode_results(result, card)
+        out_dir = args.out / uid
+        paths_out = write_datasets(datasets, out_dir)
+        summary_path = out_dir / "findings.json"
+        summary_path.write_text(json.dumps(_findings_json(result, paths_out), indent=2) + "\n", encoding="utf-8")
+        for line in _summary(result, time.monotonic() - started):
+            print(line)
+        for path in [*paths_out, summary_path]:
+            print(f"  wrote {path}")
+        written += paths_out
+        analysed += 1
+    if not analysed:
+        raise InputError(f"{args.in_dir}: no series that model {card.model.name} accepts (see the reasons above)")
+    return 0

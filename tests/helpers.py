@@ -1,0 +1,99 @@
+"""Small builders shared by tests: volumes straight from arrays, tiny ONNX models made with onnx.helper."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from node.analyse.types import Volume
+
+
+def volume_from_array(values: np.ndarray, spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
+                      modality: str = "CT") -> Volume:
+    """An axial volume (slice 0 at z = 0) with no headers: enough for analysis, not for encoding."""
+    z = np.arange(values.shape[0]) * spacing[0]
+    positions = np.column_stack([np.zeros_like(z), np.zeros_like(z), z]).astype(np.float64)
+    return Volume(
+        voxels=values.astype(np.float32), spacing=spacing, orientation=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0),
+        positions=positions, headers=(), study_instance_uid="1.2.3", series_instance_uid="1.2.3.4",
+        frame_of_reference_uid="1.2.3.5", modality=modality, slice_thickness=spacing[0],
+    )
+
+
+def threshold_model(path: Path, dims: int = 2, activation: str = "softmax") -> str:
+    """A 1x1 convolution that calls dark pixels label 1 and bright pixels label 2; returns its sha256.
+
+    On a [0, 1] windowed input: label 1 where x < 0.3, label 2 where x > 0.7 (softmax: three channels,
+    background first; sigmoid: two channels, one per label).
+    """
+    if activation == "softmax":
+        weights = np.array([0.0, -40.0, 40.0], np.float32)
+        bias = np.array([0.0, 12.0, -28.0], np.float32)
+    else:
+        weights = np.array([-40.0, 40.0], np.float32)
+        bias = np.array([12.0, -28.0], np.float32)
+    channels = len(weights)
+    kernel = weights.reshape((channels, 1) + (1,) * dims)
+    spatial = ["d", "h", "w"][-dims:] if dims == 3 else ["h", "w"]
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["image", "W", "B"], ["logits"])],
+        "threshold",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["n", 1, *spatial])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", channels, *spatial])],
+        [numpy_helper.from_array(kernel, "W"), numpy_helper.from_array(bias, "B")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    data = model.SerializeToString()
+    path.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def card_text(sha256: str, *, kind: str = "2d", activation: str = "softmax", size: str = "[64, 64]",
+              spacing: str = "[1.0, 1.0]", extra: str = "") -> str:
+    """A complete card for :func:`threshold_model`: labels Dark (1) and Bright (2, reported as findings)."""
+    return f"""
+[model]
+name = "threshold-test"
+version = "1.0"
+description = "test model"
+manufacturer = "tests"
+intended_use = "tests only"
+sha256 = "{sha256}"
+
+[accepts]
+modality = ["CT"]
+min_slices = 1
+
+[input]
+kind = "{kind}"
+size = {size}
+spacing_mm = {spacing}
+window = {{ center = 0.0, width = 1000.0 }}
+overlap = 0.5
+
+[output]
+activation = "{activation}"
+
+[[labels]]
+index = 1
+name = "Dark"
+category = {{ scheme = "SCT", value = "123037004", meaning = "Anatomical Structure" }}
+type = {{ scheme = "SCT", value = "39607008", meaning = "Lung" }}
+
+[[labels]]
+index = 2
+name = "Bright"
+category = {{ scheme = "SCT", value = "49755003", meaning = "Morphologically Altered Structure" }}
+type = {{ scheme = "SCT", value = "27925004", meaning = "Nodule" }}
+findings = true
+
+[triage]
+rules = [{{ label = "Bright", min_diameter_mm = 6.0, priority = "HIGH" }}]
+{extra}
+"""
