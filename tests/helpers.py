@@ -12,15 +12,23 @@ from onnx import TensorProto, helper, numpy_helper
 from node.analyse.types import Volume
 
 
-def volume_from_array(values: np.ndarray, spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
-                      modality: str = "CT") -> Volume:
+def volume_from_array(
+    values: np.ndarray, spacing: tuple[float, float, float] = (1.0, 1.0, 1.0), modality: str = "CT"
+) -> Volume:
     """An axial volume (slice 0 at z = 0) with no headers: enough for analysis, not for encoding."""
     z = np.arange(values.shape[0]) * spacing[0]
     positions = np.column_stack([np.zeros_like(z), np.zeros_like(z), z]).astype(np.float64)
     return Volume(
-        voxels=values.astype(np.float32), spacing=spacing, orientation=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0),
-        positions=positions, headers=(), study_instance_uid="1.2.3", series_instance_uid="1.2.3.4",
-        frame_of_reference_uid="1.2.3.5", modality=modality, slice_thickness=spacing[0],
+        voxels=values.astype(np.float32),
+        spacing=spacing,
+        orientation=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0),
+        positions=positions,
+        headers=(),
+        study_instance_uid="1.2.3",
+        series_instance_uid="1.2.3.4",
+        frame_of_reference_uid="1.2.3.5",
+        modality=modality,
+        slice_thickness=spacing[0],
     )
 
 
@@ -54,8 +62,15 @@ def threshold_model(path: Path, dims: int = 2, activation: str = "softmax") -> s
     return hashlib.sha256(data).hexdigest()
 
 
-def card_text(sha256: str, *, kind: str = "2d", activation: str = "softmax", size: str = "[64, 64]",
-              spacing: str = "[1.0, 1.0]", extra: str = "") -> str:
+def card_text(
+    sha256: str,
+    *,
+    kind: str = "2d",
+    activation: str = "softmax",
+    size: str = "[64, 64]",
+    spacing: str = "[1.0, 1.0]",
+    extra: str = "",
+) -> str:
     """A complete card for :func:`threshold_model`: labels Dark (1) and Bright (2, reported as findings)."""
     return f"""
 [model]

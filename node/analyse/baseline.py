@@ -40,18 +40,18 @@ def segment(volume: Volume, lung_label: int = 1, nodule_label: int = 2) -> NDArr
     hu = volume.voxels
     spacing = (volume.spacing[1], volume.spacing[2])
     body = _largest(hu > -500, 1).astype(np.uint8)
-    for k in range(body.shape[0]):
+    for k in np.arange(body.shape[0]):
         body[k] = fill_holes_2d(body[k])
     air = (hu < -400) & (body > 0)
     lungs = _largest(air, 2).astype(np.uint8)
-    r = max(1, round(3.0 / spacing[0]))
+    r = max(1, int(round(3.0 / spacing[0])))
     close = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
     for k in np.flatnonzero(lungs.any(axis=(1, 2))):
-        lungs[k] = fill_holes_2d(cv2.morphologyEx(lungs[k], cv2.MORPH_CLOSE, close))
+        lungs[k] = fill_holes_2d(np.asarray(cv2.morphologyEx(lungs[k], cv2.MORPH_CLOSE, close), dtype=np.uint8))
     labels = np.where(lungs > 0, lung_label, 0).astype(np.uint8)
 
     dense = ((hu > -400) & (lungs > 0)).astype(np.uint8)
-    r = max(1, round(1.2 / spacing[0]))
+    r = max(1, int(round(1.2 / spacing[0])))
     opening = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
     for k in np.flatnonzero(dense.any(axis=(1, 2))):
         dense[k] = cv2.morphologyEx(dense[k], cv2.MORPH_OPEN, opening)

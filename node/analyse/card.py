@@ -240,8 +240,6 @@ def find_card(name: str, models_dir: Path | None = None, verify: bool = True) ->
     base = models_dir if models_dir is not None else default_models_dir()
     directory = base / name
     if not directory.is_dir():
-        known = (
-            sorted(p.name for p in base.iterdir() if (p / "model.toml").is_file()) if base.is_dir() else []
-        )
+        known = sorted(p.name for p in base.iterdir() if (p / "model.toml").is_file()) if base.is_dir() else []
         raise ConfigError(f"model '{name}' not found in {base}; known models: {', '.join(known) or 'none'}")
     return load_card(directory, verify=verify)

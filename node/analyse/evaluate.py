@@ -191,9 +191,7 @@ def format_report(report: Report) -> str:
         ("median abs volume error", "median_volume_error", "{:10.1%}"),
     ):
         rows.append(
-            f"{title:34s}"
-            + fmt.format(getattr(report.model, attr))
-            + fmt.format(getattr(report.baseline, attr))
+            f"{title:34s}" + fmt.format(getattr(report.model, attr)) + fmt.format(getattr(report.baseline, attr))
         )
     m = report.model
     rows.append(

@@ -22,7 +22,7 @@ _CONNECTIVITY = np.ones((3, 3, 3), bool)
 def _kernel(radius_mm: float, spacing: tuple[float, float]) -> NDArray[np.uint8]:
     ry = max(1, round(radius_mm / spacing[0]))
     rx = max(1, round(radius_mm / spacing[1]))
-    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * rx + 1, 2 * ry + 1))
+    return np.asarray(cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * rx + 1, 2 * ry + 1)), dtype=np.uint8)
 
 
 def fill_holes_2d(mask: NDArray[np.uint8]) -> NDArray[np.uint8]:

@@ -53,9 +53,10 @@ def apply_window(image: NDArray[np.floating], window: Window) -> NDArray[np.floa
 def enhance(image: NDArray[np.float32], spec: InputSpec) -> NDArray[np.float32]:
     """Optional denoising and CLAHE on a windowed [0, 1] image, as the card asks."""
     if spec.denoise == "gaussian":
-        image = cv2.GaussianBlur(image, (0, 0), spec.denoise_sigma)
+        image = np.asarray(cv2.GaussianBlur(image, (0, 0), spec.denoise_sigma), dtype=np.float32)
     elif spec.denoise == "bilateral":
-        image = cv2.bilateralFilter(image, d=5, sigmaColor=0.1, sigmaSpace=spec.denoise_sigma * 2)
+        filtered = cv2.bilateralFilter(image, d=5, sigmaColor=0.1, sigmaSpace=spec.denoise_sigma * 2)
+        image = np.asarray(filtered, dtype=np.float32)
     if spec.clahe:
         # CLAHE works on 8 or 16 bit: 16 bit keeps the window's precision.
         as16 = (image * 65535.0).astype(np.uint16)
@@ -79,7 +80,7 @@ def to_model(slice_values: NDArray[np.floating], plan: Plan2D, spec: InputSpec) 
     """One source slice in physical units -> the model's 2-D input (rows, cols), float32 in [0, 1]."""
     image = enhance(apply_window(slice_values, spec.window), spec)
     interpolation = cv2.INTER_AREA if plan.scaled[0] < plan.source[0] else cv2.INTER_LINEAR
-    scaled = cv2.resize(image, (plan.scaled[1], plan.scaled[0]), interpolation=interpolation)
+    scaled = np.asarray(cv2.resize(image, (plan.scaled[1], plan.scaled[0]), interpolation=interpolation), np.float32)
     # Outside the field of view is air: the bottom of the window.
     return crop_or_pad(scaled, plan, fill=0.0)
 

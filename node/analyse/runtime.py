@@ -175,4 +175,4 @@ def _starts(length: int, patch: int, overlap: float) -> list[int]:
 
 def _tent(patch: tuple[int, ...]) -> NDArray[np.float32]:
     axes = [1.0 - np.abs(np.linspace(-1, 1, p, dtype=np.float32)) * 0.9 for p in patch]
-    return np.einsum("i,j,k->ijk", *axes).astype(np.float32)
+    return np.asarray(np.einsum("i,j,k->ijk", *axes), dtype=np.float32)

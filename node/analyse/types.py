@@ -79,7 +79,7 @@ class Volume:
 
     @property
     def normal(self) -> NDArray[np.float64]:
-        return np.cross(self.row_direction, self.column_direction)
+        return np.asarray(np.cross(self.row_direction, self.column_direction), dtype=np.float64)
 
     def to_patient(self, kji: NDArray[np.floating] | list[float] | tuple[float, ...]) -> NDArray[np.float64]:
         """Map (slice, row, column) voxel coordinates (may be fractional; shape (..., 3)) to patient mm."""
@@ -88,10 +88,11 @@ class Volume:
         k0 = np.clip(np.floor(k).astype(int), 0, self.shape[0] - 1)
         # Position of a fractional slice: the origin of slice floor(k) plus the rest along the normal.
         origin = self.positions[k0] + (k - k0)[..., None] * self.spacing[0] * self.normal
-        return (
+        return np.asarray(
             origin
             + (i * self.spacing[2])[..., None] * self.row_direction
-            + (j * self.spacing[1])[..., None] * self.column_direction
+            + (j * self.spacing[1])[..., None] * self.column_direction,
+            dtype=np.float64,
         )
 
 

@@ -48,9 +48,12 @@ def run_list(args: argparse.Namespace) -> int:
             card = load_card(folder)
             status = "ok"
         except NodeError as exc:
-            card, status = load_card(folder, verify=False) if (folder / "model.toml").is_file() else None, str(exc)
-        if card is None:
-            continue
+            status = str(exc)
+            try:
+                card = load_card(folder, verify=False)
+            except NodeError:
+                print(f"{folder.name}: {status}")
+                continue
         print(f"{card.model.name} {card.model.version}: {status}")
         print(f"  {card.model.description}")
         print(f"  intended use: {card.model.intended_use}")

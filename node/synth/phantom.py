@@ -118,7 +118,8 @@ class Anatomy:
             for amp, phase, order in lung.harmonics:
                 wobble += amp * np.cos(order * theta + phase)
             self._cache[key] = (np.hypot(dx, dy) / wobble).astype(np.float32)
-        return self._cache[key]
+        radius: NDArray[np.float32] = self._cache[key]  # type: ignore[assignment]
+        return radius
 
     def lung_scale(self, z: float) -> float:
         """Cross-section scale of the lungs at z: 0 outside, swelling from the base, tapering to the apex."""
@@ -127,7 +128,7 @@ class Anatomy:
             return 0.0
         rise = min(1.0, (t / 0.10) ** 0.5)
         taper = math.sqrt(max(0.0, 1.0 - max(0.0, (t - 0.45) / 0.55) ** 2))
-        return rise * taper
+        return float(rise * taper)
 
     def lung_masks(self, z: float) -> list[tuple[str, NDArray[np.bool_]]]:
         """Each lung's mask at z (heart and trachea excluded)."""
@@ -150,9 +151,7 @@ class Anatomy:
         cx, cy, ax, ay = self.heart
         return ((x - cx) / (ax * k)) ** 2 + ((y - cy) / (ay * k)) ** 2 <= 1.0
 
-    def render(
-        self, z: float, rng: np.random.Generator | None = None
-    ) -> tuple[NDArray[np.float32], NDArray[np.uint8]]:
+    def render(self, z: float, rng: np.random.Generator | None = None) -> tuple[NDArray[np.float32], NDArray[np.uint8]]:
         """HU (float32) and labels (uint8) of the axial slice at z; noise only if ``rng`` is given."""
         x, y = self._grid()
         hu = np.full(x.shape, AIR, np.float32)
@@ -240,8 +239,9 @@ class Anatomy:
 
         if rng is not None:
             noise = rng.standard_normal(x.shape).astype(np.float32)
-            noise = cv2.GaussianBlur(noise, (0, 0), 0.7)
-            hu += noise * (self.noise_sd / 0.4)  # blur at sigma 0.7 leaves about 0.4 of the SD
+            hu += cv2.GaussianBlur(noise, (0, 0), 0.7) * (
+                self.noise_sd / 0.4
+            )  # blur at sigma 0.7 leaves about 0.4 of the SD
         return hu, labels
 
 
@@ -265,9 +265,7 @@ def _ellipsoid_slice(
     return inside, soft
 
 
-def _vessel_tree(
-    rng: np.random.Generator, root: NDArray[np.float64], side: float
-) -> list[NDArray[np.float64]]:
+def _vessel_tree(rng: np.random.Generator, root: NDArray[np.float64], side: float) -> list[NDArray[np.float64]]:
     """Points (x, y, z, r) along a branching tree that starts at the hilum and spreads outwards."""
     points: list[NDArray[np.float64]] = []
     stack = [(root, np.array([side * 0.8, 0.1, 0.0]), 4.5, 38.0, 0)]
@@ -381,9 +379,7 @@ def _place_nodules(
         side, mask = masks[int(rng.integers(0, 2))]
         # Erode by the radius so the whole nodule lies inside the lung at its centre slice.
         k = max(1, int(math.ceil(max(axes) / anatomy.pixel_spacing)))
-        core = cv2.erode(
-            mask.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1,) * 2)
-        )
+        core = cv2.erode(mask.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1,) * 2))
         edge = (mask.astype(np.uint8) - core) if rng.random() < 0.25 else None
         candidates = np.argwhere(core > 0)
         if len(candidates) == 0:
@@ -391,9 +387,7 @@ def _place_nodules(
         attached = "none"
         if edge is not None:
             # Touching the pleura: centre one radius in from the lung's edge.
-            ring = cv2.erode(
-                mask.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 3,) * 2)
-            )
+            ring = cv2.erode(mask.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 3,) * 2))
             ring_pts = np.argwhere((ring > 0) & (cv2.erode(ring, np.ones((3, 3), np.uint8)) == 0))
             if len(ring_pts):
                 candidates, attached = ring_pts, "pleura"
@@ -411,9 +405,7 @@ def _place_nodules(
                     cx, cy, attached = float(tx), float(ty), "vessel"
         if any(math.dist((cx, cy, z), n.centre_mm) < max(axes) + max(n.semi_axes_mm) + 4 for n in placed):
             continue
-        placed.append(
-            Nodule((cx, cy, z), axes, float(rng.uniform(0, 180)), float(rng.uniform(10, 60)), attached, side)
-        )
+        placed.append(Nodule((cx, cy, z), axes, float(rng.uniform(0, 180)), float(rng.uniform(10, 60)), attached, side))
     return placed
 
 
@@ -459,9 +451,5 @@ def make_phantom(
         np.clip(np.rint(slice_hu), -1024, 3071, out=slice_hu)
         hu[k] = slice_hu
         labels[k] = slice_labels
-    in_range = tuple(
-        n for n in anatomy.nodules if first_z <= n.centre_mm[2] <= first_z + (slices - 1) * spacing
-    )
-    return Phantom(
-        hu, labels, anatomy.pixel_spacing, spacing, (anatomy.x0, anatomy.y0, first_z), in_range, seed
-    )
+    in_range = tuple(n for n in anatomy.nodules if first_z <= n.centre_mm[2] <= first_z + (slices - 1) * spacing)
+    return Phantom(hu, labels, anatomy.pixel_spacing, spacing, (anatomy.x0, anatomy.y0, first_z), in_range, seed)

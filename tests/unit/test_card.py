@@ -34,15 +34,15 @@ def test_unknown_key_and_bad_values_name_their_path() -> None:
     with pytest.raises(ConfigError, match=r"model\.colour: Extra inputs are not permitted"):
         parse_card(text, "x.toml")
     text = card_text("0" * 64).replace("size = [64, 64]", "size = [64, 64, 8]")
-    with pytest.raises(ConfigError, match="input: input.size and input.spacing_mm need 2 numbers"):
+    with pytest.raises(ConfigError, match=r"input: input.size and input.spacing_mm need 2 numbers"):
         parse_card(text, "x.toml")
     text = card_text("0" * 64).replace('label = "Bright"', 'label = "Nope"')
-    with pytest.raises(ConfigError, match="triage.rules: label 'Nope' is not one of"):
+    with pytest.raises(ConfigError, match=r"triage.rules: label 'Nope' is not one of"):
         parse_card(text, "x.toml")
 
 
 def test_not_toml_and_unknown_model(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not valid TOML"):
         parse_card("[model", "bad.toml")
-    with pytest.raises(ConfigError, match="model 'nope' not found.*known models"):
+    with pytest.raises(ConfigError, match=r"model 'nope' not found.*known models"):
         find_card("nope", tmp_path)

@@ -5,8 +5,9 @@ from node.analyse.preprocess import apply_window, from_model, labels_to_model, p
 
 
 def spec(size: int = 64, spacing: float = 2.0, **kw: object) -> InputSpec:
-    return InputSpec(kind="2d", size=(size, size), spacing_mm=(spacing, spacing),
-                     window=Window(center=0.0, width=200.0), **kw)
+    return InputSpec(
+        kind="2d", size=(size, size), spacing_mm=(spacing, spacing), window=Window(center=0.0, width=200.0), **kw
+    )
 
 
 def test_window_maps_and_clips() -> None:
@@ -51,4 +52,4 @@ def test_to_model_range_and_options() -> None:
     for kw in ({}, {"denoise": "gaussian"}, {"denoise": "bilateral"}, {"clahe": True}):
         out = to_model(image, plan_2d(image.shape, (1.0, 1.0), spec(64, 1.0, **kw)), spec(64, 1.0, **kw))
         assert out.shape == (64, 64) and out.dtype == np.float32
-        assert 0.0 <= out.min() and out.max() <= 1.0
+        assert out.min() >= 0.0 and out.max() <= 1.0

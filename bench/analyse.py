@@ -1,0 +1,159 @@
+"""Benchmark the analysis pipeline on a 300-slice phantom series.
+
+    .venv/bin/python bench/analyse.py [--slices 300] [--seed 4242] [--repeat 3] [--threads 0]
+
+Writes a phantom series to a temporary folder, then runs the pipeline in a fresh child process (so the
+peak RSS is the pipeline's alone, not the generator's): load, segment (preprocess, ONNX inference, resize
+back), post-process + measure, encode + write SEG and SR. In the same child it times raw ONNX Runtime
+inference of the same slices (inputs prepared beforehand, only ``session.run`` timed), and reports the
+ratio of the whole pipeline to it. Each figure is the median of ``--repeat`` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from node.analyse import measure, postprocess
+from node.analyse.card import find_card
+from node.analyse.preprocess import plan_2d, to_model
+from node.analyse.runtime import Model
+from node.analyse.types import AnalysisResult
+from node.analyse.volume import load_series
+from node.encode import encode_results, write_datasets
+from node.synth.dicom_writer import write_ct_series
+from node.synth.phantom import make_phantom
+
+
+def child(series_dir: Path, out_dir: Path, repeat: int, threads: int) -> dict[str, object]:
+    """Run the pipeline ``repeat`` times in this process; return per-stage medians and the peak RSS."""
+    card = find_card("lung-nodule-ct")
+    started = time.perf_counter()
+    model = Model(card, threads=threads)
+    model_load = time.perf_counter() - started
+    runs: list[dict[str, float]] = []
+    volume_bytes = 0
+    slices = 0
+    for n in range(repeat):
+        model.timings.clear()
+        t = {}
+        t0 = time.perf_counter()
+        volume = load_series(series_dir)
+        t["load"] = time.perf_counter() - t0
+        volume_bytes, slices = volume.voxels.nbytes, volume.shape[0]
+        t0 = time.perf_counter()
+        labels = model.segment(volume)
+        t["segment"] = time.perf_counter() - t0
+        t["preprocess"] = model.timings["preprocess"]
+        t["inference"] = model.timings["inference"]
+        t["resize_back"] = model.timings["resize_back"]
+        t0 = time.perf_counter()
+        postprocess.clean(labels, card, volume)
+        found = measure.findings(labels, card, volume)
+        priority, reason = measure.triage(found, card)
+        present = {label.index: bool((labels == label.index).any()) for label in card.labels}
+        t["postprocess"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        result = AnalysisResult(volume, labels, found, priority, reason, present)
+        write_datasets(encode_results(result, card), out_dir / f"run{n}")
+        t["encode"] = time.perf_counter() - t0
+        t["pipeline"] = t["load"] + t["segment"] + t["postprocess"] + t["encode"]
+
+        # Raw ONNX Runtime on the same slices: inputs made beforehand, only session.run timed.
+        spec = card.input
+        plan = plan_2d(volume.shape[1:], (volume.spacing[1], volume.spacing[2]), spec)
+        inputs = np.stack([to_model(volume.voxels[k], plan, spec) for k in range(slices)])[:, None]
+        del volume, labels, result
+        t0 = time.perf_counter()
+        for start in range(0, slices, spec.batch_size):
+            model.session.run([model.output_name], {model.input_name: inputs[start : start + spec.batch_size]})
+        t["raw_inference"] = time.perf_counter() - t0
+        del inputs
+        runs.append(t)
+    medians = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+    return {
+        "slices": slices,
+        "volume_mb": volume_bytes / 1e6,
+        "model_load_s": model_load,
+        "median_s": medians,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "findings": len(found),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--slices", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=4242)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0 = all cores)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures as JSON here")
+    parser.add_argument("--child", nargs=2, type=Path, metavar=("SERIES", "OUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child[0], args.child[1], args.repeat, args.threads)))
+        return 0
+
+    with tempfile.TemporaryDirectory(prefix="bench-analyse-") as tmp:
+        series_dir, out_dir = Path(tmp) / "ct", Path(tmp) / "out"
+        print(f"writing a {args.slices}-slice phantom series (seed {args.seed}) ...", file=sys.stderr, flush=True)
+        p = make_phantom(args.seed, slices=args.slices, nodules=4)
+        write_ct_series(
+            p.hu,
+            series_dir,
+            pixel_spacing=(p.pixel_spacing,) * 2,
+            slice_thickness=p.slice_spacing,
+            first_position=p.first_position,
+            seed=args.seed,
+        )
+        del p
+        print(f"running the pipeline {args.repeat} times in a fresh process ...", file=sys.stderr, flush=True)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                str(series_dir),
+                str(out_dir),
+                "--repeat",
+                str(args.repeat),
+                "--threads",
+                str(args.threads),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    m = figures["median_s"]
+    slices = figures["slices"]
+    print(
+        f"analysis pipeline, {slices} slices of 512x512 ({figures['volume_mb']:.0f} MB as float32), "
+        f"median of {args.repeat}:"
+    )
+    for key in ("load", "preprocess", "inference", "resize_back", "postprocess", "encode", "pipeline"):
+        print(f"  {key:14s} {m[key]:7.2f} s")
+    print(f"  {'raw inference':14s} {m['raw_inference']:7.2f} s  (onnxruntime alone, same slices)")
+    print(f"slices per second (pipeline): {slices / m['pipeline']:.1f}")
+    print(f"pipeline / raw inference:     {m['pipeline'] / m['raw_inference']:.2f}  (target <= 1.3)")
+    ratio = figures["peak_rss_mb"] / figures["volume_mb"]
+    print(f"peak RSS: {figures['peak_rss_mb']:.0f} MB = {ratio:.1f} x the volume  (target <= 4)")
+    print(f"model load {figures['model_load_s']:.2f} s; {figures['findings']} findings")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
