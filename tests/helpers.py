@@ -104,7 +104,7 @@ type = {{ scheme = "SCT", value = "39607008", meaning = "Lung" }}
 [[labels]]
 index = 2
 name = "Bright"
-category = {{ scheme = "SCT", value = "49755003", meaning = "Morphologically Altered Structure" }}
+category = {{ scheme = "SCT", value = "49755003", meaning = "Morphologically Abnormal Structure" }}
 type = {{ scheme = "SCT", value = "27925004", meaning = "Nodule" }}
 findings = true
 

@@ -1,0 +1,177 @@
+"""DICOM Segmentation (SEG) of a label map: one binary segment per card label, empty frames omitted.
+
+Segment numbers follow the order of the labels in the card (first label = segment 1), whatever their
+label index, and every card label gets a segment even when it is absent from this volume (it then has no
+frames). Numbering therefore depends only on the card: segment *n* means the same thing in every SEG of
+one model, and the SR can point at a segment without searching the SEG. Absence is also stated in the SR.
+
+Source images are the per-slice headers of the volume without Pixel Data: highdicom needs only their
+geometry and identifiers (Rows, Columns, Pixel Spacing, orientation, position, UIDs) to derive the
+plane positions and the per-frame Derivation Image Sequence, so nothing has to be decoded again.
+The full 3-D label map is passed as one label-map style array; highdicom drops the empty frames itself.
+Measured here (300 x 512 x 512, lungs on 296 slices, two nodules: 304 frames, 10 MB): about 0.4 s per
+SEG once highdicom's standard tables are loaded (the first call of a process takes about 1.2 s).
+Passing only the non-empty slices with explicit plane positions was slower (1.1 s against 0.7 s in one
+cold comparison): highdicom then matches every plane against every source position.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+import highdicom as hd
+import numpy as np
+from numpy.typing import NDArray
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+from node.analyse.card import ModelCard
+from node.analyse.types import AnalysisResult
+from node.encode.provenance import Equipment, add_algorithm_equipment, algorithm_identification, coded
+from node.errors import EncodeError
+
+log = logging.getLogger(__name__)
+
+_LO_MAX = 64
+
+
+def segment_numbers(card: ModelCard) -> dict[int, int]:
+    """Map card label index -> SEG segment number (1-based position of the label in the card)."""
+    return {label.index: number for number, label in enumerate(card.labels, start=1)}
+
+
+def segment_label_map(labels: NDArray[np.uint8], card: ModelCard) -> NDArray[np.uint8]:
+    """Relabel a label map from card label indices to segment numbers (0 stays background).
+
+    Raises
+    ------
+    EncodeError
+        If the map holds a value that is no label of the card.
+    """
+    numbers = segment_numbers(card)
+    # Cheap check first (one pass for the maximum): every value up to the maximum is a card label.
+    top = int(labels.max(initial=0))
+    if not set(range(1, top + 1)) <= numbers.keys():
+        # A value the card does not know would silently vanish through the table below: name it.
+        counts = np.bincount(labels.ravel(), minlength=256)
+        unknown = [v for v in np.flatnonzero(counts).tolist() if v and v not in numbers]
+        if unknown:
+            raise EncodeError(f"label map holds values {unknown} that model '{card.model.name}' does not define")
+    if all(index == number for index, number in numbers.items()):
+        return labels  # the usual case: labels 1..n in card order, no copy needed
+    lut = np.zeros(256, dtype=np.uint8)
+    for index, number in numbers.items():
+        lut[index] = number
+    return lut[labels]
+
+
+def _segment_descriptions(card: ModelCard) -> list[hd.seg.SegmentDescription]:
+    algorithm = algorithm_identification(card)
+    return [
+        hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=label.name,
+            segmented_property_category=coded(label.category),
+            segmented_property_type=coded(label.type),
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+            display_color=hd.color.CIELabColor.from_rgb(*label.colour),
+        )
+        for number, label in enumerate(card.labels, start=1)
+    ]
+
+
+def build_seg(
+    result: AnalysisResult,
+    card: ModelCard,
+    *,
+    series_number: int = 901,
+    instance_number: int = 1,
+    equipment: Equipment | None = None,
+    when: datetime | None = None,
+) -> Dataset:
+    """Encode the label map of ``result`` as a binary DICOM Segmentation in a new series.
+
+    Parameters
+    ----------
+    result
+        The analysis result; ``result.volume.headers`` are the source slices (no Pixel Data needed).
+    card
+        The model card: segment labels, coded category/type, colours, algorithm identification.
+    series_number, instance_number
+        Series Number and Instance Number of the new object.
+    equipment
+        The node as creating equipment; defaults to :class:`Equipment` ().
+    when
+        Contribution DateTime of the algorithm; defaults to now (local time with offset).
+
+    Returns
+    -------
+    pydicom.dataset.Dataset
+        A ``highdicom.seg.Segmentation`` with file meta, same Study and Frame of Reference as the source.
+
+    Raises
+    ------
+    EncodeError
+        If no label is present at all (a SEG without a single frame cannot exist), the label map does
+        not match the volume or the card, the source slices come from a multi-frame object, or
+        highdicom refuses the input.
+    """
+    volume = result.volume
+    if result.labels.shape != volume.shape:
+        raise EncodeError(f"label map shape {result.labels.shape} differs from the volume's {volume.shape}")
+    if len(volume.headers) != volume.shape[0]:
+        raise EncodeError(f"{len(volume.headers)} source headers for {volume.shape[0]} slices")
+    if len({str(h.SOPInstanceUID) for h in volume.headers}) != len(volume.headers):
+        # Slices from one multi-frame object share a header; the frame behind each slice is not kept in
+        # the volume, so a SEG could not name its source frames correctly. Refuse rather than guess.
+        raise EncodeError("the source is a multi-frame object: SEG encoding supports one image per slice only")
+    if not result.labels.any():
+        raise EncodeError("no label is present in the volume: there is nothing to segment")
+    equipment = equipment or Equipment()
+    when = when or datetime.now().astimezone()
+    pixels = segment_label_map(np.ascontiguousarray(result.labels, dtype=np.uint8), card)
+    description = f"{card.model.name} {card.model.version}"[:_LO_MAX]
+    try:
+        seg = hd.seg.Segmentation(
+            source_images=list(volume.headers),
+            pixel_array=pixels,
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=_segment_descriptions(card),
+            series_instance_uid=generate_uid(prefix=None),
+            series_number=series_number,
+            sop_instance_uid=generate_uid(prefix=None),
+            instance_number=instance_number,
+            manufacturer=equipment.manufacturer,
+            manufacturer_model_name=equipment.model_name,
+            software_versions=equipment.software_version,
+            device_serial_number=equipment.serial_number,
+            content_label="AI_SEGMENTATION",
+            content_description=description,
+            series_description=f"AI SEG {description}"[:_LO_MAX],
+            institution_name=equipment.institution_name,
+            omit_empty_frames=True,
+        )
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:
+        raise EncodeError(f"cannot create SEG for model '{card.model.name}': {exc}") from exc
+    add_algorithm_equipment(seg, card, when)
+    log.info("SEG built: %d segments, %d frames", len(seg.SegmentSequence), seg.NumberOfFrames)
+    return seg
+
+
+def frames_by_segment(seg: Dataset, slice_of_sop: dict[str, int]) -> dict[int, dict[int, int]]:
+    """For each segment number, map source slice index -> SEG frame number (1-based).
+
+    Built from each frame's Segment Identification and Derivation Image Sequence, as highdicom writes
+    them; frames whose source is not in ``slice_of_sop`` (SOP Instance UID -> slice index) are left out.
+    """
+    frames: dict[int, dict[int, int]] = {}
+    for number, item in enumerate(seg.PerFrameFunctionalGroupsSequence, start=1):
+        segment = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        for derivation in item.get("DerivationImageSequence", []):
+            for source in derivation.get("SourceImageSequence", []):
+                index = slice_of_sop.get(str(source.ReferencedSOPInstanceUID))
+                if index is not None:
+                    frames.setdefault(segment, {})[index] = number
+    return frames
