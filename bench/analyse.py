@@ -28,11 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from node.analyse import measure, postprocess
 from node.analyse.card import find_card
 from node.analyse.preprocess import plan_2d, to_model
-from node.analyse.runtime import Model
+from node.analyse.runtime import Model, context_stack
 from node.analyse.types import AnalysisResult
 from node.analyse.volume import load_series
 from node.encode import encode_results, write_datasets
-from node.synth.dicom_writer import write_ct_series
 from node.synth.phantom import make_phantom
 
 
@@ -73,7 +72,9 @@ def child(series_dir: Path, out_dir: Path, repeat: int, threads: int) -> dict[st
         # Raw ONNX Runtime on the same slices: inputs made beforehand, only session.run timed.
         spec = card.input
         plan = plan_2d(volume.shape[1:], (volume.spacing[1], volume.spacing[2]), spec)
-        inputs = np.stack([to_model(volume.voxels[k], plan, spec) for k in range(slices)])[:, None]
+        prepared = np.stack([to_model(volume.voxels[k], plan, spec) for k in range(slices)])
+        inputs = np.stack([context_stack(prepared, k, volume.spacing[0], spec) for k in range(slices)])
+        del prepared
         del volume, labels, result
         t0 = time.perf_counter()
         for start in range(0, slices, spec.batch_size):
@@ -109,14 +110,7 @@ def main() -> int:
         series_dir, out_dir = Path(tmp) / "ct", Path(tmp) / "out"
         print(f"writing a {args.slices}-slice phantom series (seed {args.seed}) ...", file=sys.stderr, flush=True)
         p = make_phantom(args.seed, slices=args.slices, nodules=4)
-        write_ct_series(
-            p.hu,
-            series_dir,
-            pixel_spacing=(p.pixel_spacing,) * 2,
-            slice_thickness=p.slice_spacing,
-            first_position=p.first_position,
-            seed=args.seed,
-        )
+        p.write_dicom(series_dir)
         del p
         print(f"running the pipeline {args.repeat} times in a fresh process ...", file=sys.stderr, flush=True)
         proc = subprocess.run(

@@ -32,7 +32,7 @@ def volume_from_array(
     )
 
 
-def threshold_model(path: Path, dims: int = 2, activation: str = "softmax") -> str:
+def threshold_model(path: Path, dims: int = 2, activation: str = "softmax", channels_in: int = 1) -> str:
     """A 1x1 convolution that calls dark pixels label 1 and bright pixels label 2; returns its sha256.
 
     On a [0, 1] windowed input: label 1 where x < 0.3, label 2 where x > 0.7 (softmax: three channels,
@@ -45,12 +45,14 @@ def threshold_model(path: Path, dims: int = 2, activation: str = "softmax") -> s
         weights = np.array([-40.0, 40.0], np.float32)
         bias = np.array([12.0, -28.0], np.float32)
     channels = len(weights)
-    kernel = weights.reshape((channels, 1) + (1,) * dims)
+    # Only the centre input channel counts: context channels (2.5-D) are read but weigh nothing.
+    kernel = np.zeros((channels, channels_in) + (1,) * dims, np.float32)
+    kernel[:, channels_in // 2] = weights.reshape((channels,) + (1,) * dims)
     spatial = ["d", "h", "w"][-dims:] if dims == 3 else ["h", "w"]
     graph = helper.make_graph(
         [helper.make_node("Conv", ["image", "W", "B"], ["logits"])],
         "threshold",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["n", 1, *spatial])],
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["n", channels_in, *spatial])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", channels, *spatial])],
         [numpy_helper.from_array(kernel, "W"), numpy_helper.from_array(bias, "B")],
     )
@@ -70,6 +72,7 @@ def card_text(
     size: str = "[64, 64]",
     spacing: str = "[1.0, 1.0]",
     extra: str = "",
+    context: str = "0",
 ) -> str:
     """A complete card for :func:`threshold_model`: labels Dark (1) and Bright (2, reported as findings)."""
     return f"""
@@ -91,6 +94,7 @@ size = {size}
 spacing_mm = {spacing}
 window = {{ center = 0.0, width = 1000.0 }}
 overlap = 0.5
+context_slices = {context}
 
 [output]
 activation = "{activation}"

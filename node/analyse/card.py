@@ -72,6 +72,11 @@ class InputSpec(BaseModel):
     denoise_sigma: float = Field(default=0.8, gt=0)
     clahe: bool = False
     clahe_clip: float = Field(default=2.0, gt=0)
+    # 2d only ("2.5-D"): also feed the slices this many steps above and below as extra channels, each
+    # step context_spacing_mm along the slice normal (interpolated), so the network can tell a vessel
+    # running through the slice (it continues) from a nodule (it ends). Channels = 1 + 2 * context_slices.
+    context_slices: int = Field(default=0, ge=0, le=8)
+    context_spacing_mm: float = Field(default=2.0, gt=0)
     # 3d only: fraction of a patch that neighbouring sliding-window patches overlap.
     overlap: float = Field(default=0.5, ge=0, lt=1)
     batch_size: int = Field(default=8, ge=1)
@@ -81,7 +86,13 @@ class InputSpec(BaseModel):
         dims = 2 if self.kind == "2d" else 3
         if len(self.size) != dims or len(self.spacing_mm) != dims:
             raise ValueError(f"input.size and input.spacing_mm need {dims} numbers for kind = '{self.kind}'")
+        if self.kind == "3d" and self.context_slices:
+            raise ValueError("input.context_slices is for 2d models; a 3d model sees its neighbours already")
         return self
+
+    @property
+    def channels(self) -> int:
+        return 1 + 2 * self.context_slices
 
 
 class OutputSpec(BaseModel):

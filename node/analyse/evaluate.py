@@ -26,8 +26,8 @@ from node.analyse.pipeline import analyse
 from node.analyse.runtime import Model
 from node.analyse.types import Volume
 from node.analyse.volume import load_series
-from node.synth.dicom_writer import write_ct_series
-from node.synth.phantom import NODULE, Nodule, Phantom, make_phantom
+from node.synth.nodules import Nodule
+from node.synth.phantom import NODULE, Phantom, make_phantom
 
 HELD_OUT_SEED = 100_000
 
@@ -152,14 +152,7 @@ def evaluate(
         seed = first_seed + n
         phantom = make_phantom(seed, slices=slices, nodules=1 + seed % 6)
         with tempfile.TemporaryDirectory(prefix="pacs-node-eval-") as tmp:
-            write_ct_series(
-                phantom.hu,
-                Path(tmp),
-                pixel_spacing=(phantom.pixel_spacing,) * 2,
-                slice_thickness=phantom.slice_spacing,
-                first_position=phantom.first_position,
-                seed=seed,
-            )
+            phantom.write_dicom(Path(tmp))
             volume = load_series(Path(tmp))
         result = analyse(volume, model)
         score(ours, result.labels, phantom, volume, nodule_label, min_diameter_mm)

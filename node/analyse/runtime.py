@@ -19,7 +19,7 @@ import numpy as np
 import onnxruntime as ort
 from numpy.typing import NDArray
 
-from node.analyse.card import ModelCard, verify_checksum
+from node.analyse.card import InputSpec, ModelCard, verify_checksum
 from node.analyse.preprocess import Plan2D, apply_window, enhance, from_model, plan_2d, to_model
 from node.analyse.types import Volume
 from node.errors import ModelError
@@ -97,10 +97,14 @@ class Model:
         values = self._label_values()
         out = np.empty(volume.shape, np.uint8)
         total = volume.shape[0]
+        t0 = time.perf_counter()
+        # Every slice once on the model grid; context channels interpolate between these.
+        prepared = np.stack([to_model(volume.voxels[k], plan, spec) for k in range(total)])
+        self.timings["preprocess"] += time.perf_counter() - t0
         for start in range(0, total, spec.batch_size):
             stop = min(total, start + spec.batch_size)
             t0 = time.perf_counter()
-            batch = np.stack([to_model(volume.voxels[k], plan, spec) for k in range(start, stop)])[:, None]
+            batch = np.stack([context_stack(prepared, k, volume.spacing[0], spec) for k in range(start, stop)])
             self.timings["preprocess"] += time.perf_counter() - t0
             probs = self.run(batch)
             t0 = time.perf_counter()
@@ -163,6 +167,26 @@ class Model:
                 progress(n + 1, len(positions))
         acc /= np.maximum(weight_sum, 1e-6)
         return acc[:, : shape[0], : shape[1], : shape[2]]
+
+
+def context_stack(slices: NDArray[np.float32], k: int, slice_spacing: float, spec: InputSpec) -> NDArray[np.float32]:
+    """Channels for slice ``k``: the slices at offsets -c..c x context_spacing_mm along the normal.
+
+    Offsets between slices are linearly interpolated; beyond the first or last slice the edge slice
+    is repeated (the scan simply ends there).
+    """
+    c = spec.context_slices
+    if c == 0:
+        return np.asarray(slices[k][None], dtype=np.float32)
+    last = slices.shape[0] - 1
+    channels = np.empty((2 * c + 1, *slices.shape[1:]), np.float32)
+    for n in range(-c, c + 1):
+        z = min(max(k + n * spec.context_spacing_mm / slice_spacing, 0.0), float(last))
+        z0 = math.floor(z)
+        z1 = min(z0 + 1, last)
+        w = np.float32(z - z0)
+        channels[n + c] = slices[z0] * (1 - w) + slices[z1] * w if w else slices[z0]
+    return channels
 
 
 def _starts(length: int, patch: int, overlap: float) -> list[int]:

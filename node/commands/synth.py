@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 
 from node.commands.output import progress_bar, say
-from node.synth.dicom_writer import write_ct_series
 from node.synth.phantom import make_phantom
 
 
@@ -38,13 +37,8 @@ def run_ct(args: argparse.Namespace) -> int:
     say(f"rendering {args.slices} slices of {args.size}x{args.size} (seed {args.seed}) ...")
     phantom = make_phantom(args.seed, slices=args.slices, rows=args.size, columns=args.size, nodules=args.nodules)
     dicom_dir = args.out
-    paths = write_ct_series(
-        phantom.hu,
+    paths = phantom.write_dicom(
         dicom_dir,
-        pixel_spacing=(phantom.pixel_spacing,) * 2,
-        slice_thickness=phantom.slice_spacing,
-        first_position=phantom.first_position,
-        seed=args.seed,
         progress=progress_bar("writing"),
     )
     truth_dir = args.out.parent / f"{args.out.name}-truth"

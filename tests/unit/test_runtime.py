@@ -5,9 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from node.analyse.card import load_card
+from node.analyse.card import InputSpec, Window, load_card
 from node.analyse.pipeline import analyse, refusal
-from node.analyse.runtime import Model
+from node.analyse.runtime import Model, context_stack
 from tests.helpers import card_text, threshold_model, volume_from_array
 
 
@@ -22,7 +22,8 @@ def phantom_values() -> np.ndarray:
 
 def make_model(tmp_path: Path, **kw: str) -> Model:
     dims = 3 if kw.get("kind") == "3d" else 2
-    sha = threshold_model(tmp_path / "model.onnx", dims, kw.get("activation", "softmax"))
+    channels = 1 + 2 * int(kw.get("context", "0"))
+    sha = threshold_model(tmp_path / "model.onnx", dims, kw.get("activation", "softmax"), channels)
     (tmp_path / "model.toml").write_text(card_text(sha, **kw))
     return Model(load_card(tmp_path), threads=1)
 
@@ -32,10 +33,11 @@ def make_model(tmp_path: Path, **kw: str) -> Model:
     [
         {},
         {"activation": "sigmoid"},
+        {"context": "2"},
         {"kind": "3d", "size": "[8, 16, 16]", "spacing": "[1.0, 1.0, 1.0]"},
         {"kind": "3d", "size": "[16, 32, 32]", "spacing": "[2.0, 1.5, 1.5]"},
     ],
-    ids=["2d-softmax", "2d-sigmoid", "3d-sliding-window", "3d-resampled"],
+    ids=["2d-softmax", "2d-sigmoid", "2.5d-context", "3d-sliding-window", "3d-resampled"],
 )
 def test_threshold_models_segment_and_measure(tmp_path: Path, kw: dict[str, str]) -> None:
     model = make_model(tmp_path, **kw)
@@ -70,3 +72,19 @@ def test_refusal_reasons(tmp_path: Path) -> None:
     assert refusal(volume_from_array(phantom_values()), model.card) is None
     mr = volume_from_array(phantom_values(), modality="MR")
     assert "accepts modality CT, series is MR" in (refusal(mr, model.card) or "")
+
+
+def test_context_stack_interpolates_neighbours_and_clamps_at_the_ends() -> None:
+    slices = np.arange(5, dtype=np.float32)[:, None, None] * np.ones((5, 2, 2), np.float32)
+    spec = InputSpec(
+        kind="2d",
+        size=(2, 2),
+        spacing_mm=(1.0, 1.0),
+        window=Window(center=0, width=1),
+        context_slices=2,
+        context_spacing_mm=1.5,
+    )
+    stack = context_stack(slices, 2, 1.0, spec)  # slice spacing 1 mm: offsets -3, -1.5, 0, 1.5, 3 mm
+    assert np.allclose(stack[:, 0, 0], [0.0, 0.5, 2.0, 3.5, 4.0])
+    stack = context_stack(slices, 0, 1.0, spec)
+    assert np.allclose(stack[:, 0, 0], [0.0, 0.0, 0.0, 1.5, 3.0])
