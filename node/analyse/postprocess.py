@@ -58,6 +58,20 @@ def longest_axial_diameter_mm(mask: NDArray[np.bool_], spacing: tuple[float, flo
     return best + float(np.mean(spacing))
 
 
+def elongation(mask: NDArray[np.bool_], spacing: tuple[float, float, float]) -> float:
+    """Ratio of the longest to the shortest principal axis of a 3-D component, in mm.
+
+    From the covariance of the voxel centres, plus each voxel's own extent (spacing^2 / 12 per axis) so
+    that a component one slice thick is not infinitely flat. A sphere gives 1, a tube its length/width.
+    """
+    points = np.argwhere(mask).astype(np.float64) * np.asarray(spacing)
+    if len(points) < 2:
+        return 1.0
+    cov = np.cov(points.T) + np.diag(np.asarray(spacing) ** 2 / 12.0)
+    eigen = np.linalg.eigvalsh(cov)
+    return float(np.sqrt(eigen[-1] / max(eigen[0], 1e-12)))
+
+
 def clean_label(labels: NDArray[np.uint8], label: Label, volume: Volume) -> None:
     """Apply one label's post-processing to ``labels`` in place."""
     spacing2d = (volume.spacing[1], volume.spacing[2])
@@ -82,13 +96,14 @@ def clean_label(labels: NDArray[np.uint8], label: Label, volume: Volume) -> None
         if label.keep_largest:
             order = np.argsort(-sizes)
             keep[order[label.keep_largest :]] = False
-        if label.min_diameter_mm > 0:
+        if label.min_diameter_mm > 0 or label.max_elongation > 0:
             objects = ndimage.find_objects(comp)
             for n in np.flatnonzero(keep):
                 box = objects[n]
                 sub = comp[box] == n + 1
-                if longest_axial_diameter_mm(sub, spacing2d) < label.min_diameter_mm:
-                    keep[n] = False
+                too_small = 0 < label.min_diameter_mm > longest_axial_diameter_mm(sub, spacing2d)
+                too_long = 0 < label.max_elongation < elongation(sub, volume.spacing)
+                keep[n] = not (too_small or too_long)
         mask = np.concatenate([[False], keep])[comp].astype(np.uint8)
     # Removed voxels become background; kept and filled voxels carry the label.
     labels[(labels == label.index) & (mask == 0)] = 0

@@ -3,7 +3,7 @@ import pytest
 
 from node.analyse.card import load_card
 from node.analyse.measure import findings, triage
-from node.analyse.postprocess import clean, fill_holes_2d, longest_axial_diameter_mm
+from node.analyse.postprocess import clean, elongation, fill_holes_2d, longest_axial_diameter_mm
 from tests.helpers import card_text, threshold_model, volume_from_array
 
 
@@ -70,3 +70,27 @@ def test_fill_holes_2d() -> None:
 def test_triage_default_when_nothing_qualifies(card) -> None:  # type: ignore[no-untyped-def]
     priority, reason = triage((), card)
     assert str(priority) == "ROUTINE" and "no finding" in reason
+
+
+def test_elongation_tells_a_ball_from_a_tube() -> None:
+    ball = ellipsoid((30, 40, 40), (15, 20, 20), (6.0, 6.0, 6.0), (1.0, 0.7, 0.7))
+    assert elongation(ball, (1.0, 0.7, 0.7)) < 1.2
+    tube = np.zeros((30, 40, 40), bool)
+    tube[2:28, 18:22, 18:22] = True  # 26 mm along z, about 3 mm across
+    assert elongation(tube, (1.0, 0.7, 0.7)) > 5
+    flat = np.zeros((30, 40, 40), bool)
+    flat[15, 10:30, 10:30] = True  # one slice: elongation stays finite
+    assert np.isfinite(elongation(flat, (2.0, 0.7, 0.7)))
+
+
+def test_clean_drops_tubes_when_the_card_says_so(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    sha = threshold_model(tmp_path / "model.onnx")
+    (tmp_path / "model.toml").write_text(
+        card_text(sha).replace("findings = true", "findings = true\nmax_elongation = 2.2")
+    )
+    card = load_card(tmp_path)
+    labels = np.zeros((30, 40, 40), np.uint8)
+    labels[ellipsoid((30, 40, 40), (15, 10, 10), (5.0, 5.0, 5.0), (1.0, 1.0, 1.0))] = 2
+    labels[2:28, 28:31, 28:31] = 2
+    clean(labels, card, volume_from_array(np.zeros(labels.shape)))
+    assert labels[15, 10, 10] == 2 and labels[15, 29, 29] == 0
