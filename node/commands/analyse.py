@@ -69,11 +69,11 @@ def _findings_json(result: AnalysisResult, files: list[Path]) -> dict[str, objec
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.in_dir.exists():
+        raise InputError(f"{args.in_dir}: no such file or folder")
     card = find_card(args.model, args.models_dir)
     say(f"model {card.model.name} {card.model.version} (sha256 {card.model.sha256[:12]}... verified)")
     model = Model(card, threads=args.threads)
-    if not args.in_dir.exists():
-        raise InputError(f"{args.in_dir}: no such file or folder")
     files = [args.in_dir] if args.in_dir.is_file() else sorted(p for p in args.in_dir.rglob("*") if p.is_file())
     series = group_by_series(files)
     if not series:
