@@ -7,7 +7,7 @@ from numpy.typing import NDArray
 from scipy import ndimage
 
 from node.analyse.card import ModelCard
-from node.analyse.postprocess import components, longest_axial_diameter_mm
+from node.analyse.postprocess import bounding_box, components, longest_axial_diameter_mm
 from node.analyse.types import Finding, Priority, Volume
 
 
@@ -21,18 +21,21 @@ def findings(labels: NDArray[np.uint8], card: ModelCard, volume: Volume) -> tupl
     for label in card.labels:
         if not label.findings:
             continue
-        comp, count = components(labels == label.index)
-        if not count:
+        present = labels == label.index
+        outer = bounding_box(present)
+        if outer is None:
             continue
-        objects = ndimage.find_objects(comp)
+        comp, _ = components(present[outer])
+        origin = np.array([s.start for s in outer], dtype=np.float64)
+        voxels = volume.voxels[outer]
         measured = []
-        for n, box in enumerate(objects, start=1):
+        for n, box in enumerate(ndimage.find_objects(comp), start=1):
             if box is None:
                 continue
             sub = comp[box] == n
-            idx = np.argwhere(sub).astype(np.float64) + np.array([b.start for b in box], dtype=np.float64)
+            idx = np.argwhere(sub).astype(np.float64) + np.array([b.start for b in box], dtype=np.float64) + origin
             centroid = volume.to_patient(idx.mean(axis=0))
-            values = volume.voxels[box][sub]
+            values = voxels[box][sub]
             measured.append(
                 (
                     int(sub.sum()),

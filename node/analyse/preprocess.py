@@ -90,6 +90,14 @@ def from_model(probabilities: NDArray[np.float32], plan: Plan2D, interpolation: 
 
     Outside the model's window the probabilities are those of background (class 0 = 1).
     """
+    return np.ascontiguousarray(np.moveaxis(resize_back(probabilities, plan, interpolation), -1, 0))
+
+
+def resize_back(probabilities: NDArray[np.float32], plan: Plan2D, interpolation: str) -> NDArray[np.float32]:
+    """As :func:`from_model`, channels last (source rows, source cols, classes): what OpenCV makes.
+
+    The runtime takes its argmax over the last axis directly, which saves a transpose per slice.
+    """
     classes = probabilities.shape[0]
     canvas = np.zeros(plan.scaled + (classes,), dtype=np.float32)
     canvas[..., 0] = 1.0
@@ -100,10 +108,8 @@ def from_model(probabilities: NDArray[np.float32], plan: Plan2D, interpolation: 
     canvas[dst_r0:dst_r1, dst_c0:dst_c1] = moved[dst_r0 - top : dst_r1 - top, dst_c0 - left : dst_c1 - left]
     flag = cv2.INTER_NEAREST if interpolation == "nearest" else cv2.INTER_LINEAR
     # cv2.resize handles at most 512 channels; a card has far fewer labels than that.
-    back = cv2.resize(canvas, (plan.source[1], plan.source[0]), interpolation=flag)
-    if back.ndim == 2:
-        back = back[..., None]
-    return np.ascontiguousarray(np.moveaxis(back, -1, 0))
+    back = np.asarray(cv2.resize(canvas, (plan.source[1], plan.source[0]), interpolation=flag), np.float32)
+    return back[..., None] if back.ndim == 2 else back
 
 
 def labels_to_model(labels: NDArray[np.uint8], plan: Plan2D, classes: int) -> NDArray[np.float32]:

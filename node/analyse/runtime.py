@@ -20,7 +20,7 @@ import onnxruntime as ort
 from numpy.typing import NDArray
 
 from node.analyse.card import InputSpec, ModelCard, verify_checksum
-from node.analyse.preprocess import Plan2D, apply_window, enhance, from_model, plan_2d, to_model
+from node.analyse.preprocess import Plan2D, apply_window, enhance, from_model, plan_2d, resize_back, to_model
 from node.analyse.types import Volume
 from node.errors import ModelError
 
@@ -109,8 +109,8 @@ class Model:
             probs = self.run(batch)
             t0 = time.perf_counter()
             for n, k in enumerate(range(start, stop)):
-                back = from_model(probs[n], plan, self.card.output.resize_back)
-                out[k] = values[np.argmax(back, axis=0)]
+                back = resize_back(probs[n], plan, self.card.output.resize_back)
+                out[k] = values[np.argmax(back, axis=-1)]
             self.timings["resize_back"] += time.perf_counter() - t0
             if progress is not None:
                 progress(stop, total)
