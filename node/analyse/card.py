@@ -120,6 +120,9 @@ class Label(BaseModel):
     fill_holes: bool = False
     min_volume_mm3: float = Field(default=0.0, ge=0)
     min_diameter_mm: float = Field(default=0.0, ge=0)
+    # Operating point: give the label wherever its probability reaches this (0 = plain argmax). Below
+    # one half it trades false positives for sensitivity; the component filters below then clean up.
+    threshold: float = Field(default=0.0, ge=0, le=1)
     # Drop components whose longest principal axis exceeds this many times their shortest (0 = off):
     # a blob is kept, a tube (a vessel taken for a nodule) is not.
     max_elongation: float = Field(default=0.0, ge=0)

@@ -20,7 +20,7 @@ import onnxruntime as ort
 from numpy.typing import NDArray
 
 from node.analyse.card import InputSpec, ModelCard, verify_checksum
-from node.analyse.preprocess import Plan2D, apply_window, enhance, from_model, plan_2d, resize_back, to_model
+from node.analyse.preprocess import Plan2D, apply_window, enhance, plan_2d, resize_back, to_model
 from node.analyse.types import Volume
 from node.errors import ModelError
 
@@ -53,6 +53,7 @@ class Model:
         self.input_name = inputs[0].name
         self.output_name = outputs[0].name
         self.classes = 1 + len(card.labels)
+        self._values = self._label_values()
         # Seconds spent per step, summed over calls: read by the CLI summary and bench/analyse.py.
         self.timings: defaultdict[str, float] = defaultdict(float)
 
@@ -91,10 +92,17 @@ class Model:
     def _label_values(self) -> NDArray[np.uint8]:
         return np.array([0] + [label.index for label in self.card.labels], dtype=np.uint8)
 
+    def _decide(self, probabilities: NDArray[np.float32]) -> NDArray[np.uint8]:
+        """Labels from channels-last probabilities: argmax, then each label's threshold if it has one."""
+        labels: NDArray[np.uint8] = self._values[np.argmax(probabilities, axis=-1)]
+        for channel, label in enumerate(self.card.labels, start=1):
+            if label.threshold > 0:
+                labels[probabilities[..., channel] >= label.threshold] = label.index
+        return labels
+
     def _segment_2d(self, volume: Volume, progress: Progress | None) -> NDArray[np.uint8]:
         spec = self.card.input
         plan = plan_2d(volume.shape[1:], (volume.spacing[1], volume.spacing[2]), spec)
-        values = self._label_values()
         out = np.empty(volume.shape, np.uint8)
         total = volume.shape[0]
         t0 = time.perf_counter()
@@ -110,7 +118,7 @@ class Model:
             t0 = time.perf_counter()
             for n, k in enumerate(range(start, stop)):
                 back = resize_back(probs[n], plan, self.card.output.resize_back)
-                out[k] = values[np.argmax(back, axis=-1)]
+                out[k] = self._decide(back)
             self.timings["resize_back"] += time.perf_counter() - t0
             if progress is not None:
                 progress(stop, total)
@@ -132,7 +140,6 @@ class Model:
             image = enhance(apply_window(image, spec.window), spec)
             grid[d] = cv2.resize(image, (plan.scaled[1], plan.scaled[0]), interpolation=cv2.INTER_AREA)
         probs = self._sliding_window(grid, patch, progress)
-        values = self._label_values()
         out = np.empty(volume.shape, np.uint8)
         full = Plan2D(plan.source, plan.scaled, plan.scaled, (0, 0))
         for k in range(volume.shape[0]):
@@ -142,7 +149,7 @@ class Model:
             d1 = min(d0 + 1, depth - 1)
             w = np.float32(z - d0)
             p = probs[:, d0] * (1 - w) + probs[:, d1] * w
-            out[k] = values[np.argmax(from_model(p, full, self.card.output.resize_back), axis=0)]
+            out[k] = self._decide(resize_back(p, full, self.card.output.resize_back))
         return out
 
     def _sliding_window(
