@@ -88,3 +88,13 @@ def test_context_stack_interpolates_neighbours_and_clamps_at_the_ends() -> None:
     assert np.allclose(stack[:, 0, 0], [0.0, 0.5, 2.0, 3.5, 4.0])
     stack = context_stack(slices, 0, 1.0, spec)
     assert np.allclose(stack[:, 0, 0], [0.0, 0.0, 0.0, 1.5, 3.0])
+
+
+def test_label_threshold_sets_the_operating_point(tmp_path: Path) -> None:
+    sha = threshold_model(tmp_path / "model.onnx")
+    text = card_text(sha).replace("findings = true", "findings = true\nthreshold = 0.1")
+    values = np.full((2, 16, 16), 150.0, np.float32)  # windowed 0.65: Bright at about p = 0.12
+    (tmp_path / "model.toml").write_text(card_text(sha))
+    assert (Model(load_card(tmp_path), threads=1).segment(volume_from_array(values)) == 0).all()
+    (tmp_path / "model.toml").write_text(text)
+    assert (Model(load_card(tmp_path), threads=1).segment(volume_from_array(values)) == 2).all()
