@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import re
 import sys
 import time
@@ -199,7 +200,27 @@ def main() -> int:
     card_path = args.out / "model.toml"
     text = card_path.read_text(encoding="utf-8")
     text = re.sub(r'^sha256 = ".*"$', f'sha256 = "{digest}"', text, count=1, flags=re.M)
-    card_path.write_text(text, encoding="utf-8")
+    facts = {
+        "script": "models/lung-nodule-ct/train.py",
+        "seed": args.seed,
+        "steps": args.steps,
+        "crops_per_step": 12,
+        "crop_size": 128,
+        "phantoms": args.anatomies,
+        "phantom_seeds": f"0..{args.anatomies - 1}",
+        "training_slices": int(x.shape[0]),
+        "base_channels": args.base,
+        "seconds": round(time.monotonic() - start),
+        "torch": torch.__version__,
+    }
+    # json.dumps writes strings and numbers the way TOML reads them.
+    training = "[training]\n" + "".join(f"{key} = {json.dumps(value)}\n" for key, value in facts.items())
+    # Replace the [training] table (up to the next table or the end), or add it before [evaluation].
+    if re.search(r"^\[training\]$", text, flags=re.M):
+        text = re.sub(r"^\[training\]\n(?:[^\[].*\n?)*", training + "\n", text, count=1, flags=re.M)
+    else:
+        text = text.rstrip("\n") + "\n\n" + training
+    card_path.write_text(text.rstrip("\n") + "\n", encoding="utf-8")
     print(
         f"wrote {onnx_path} ({onnx_path.stat().st_size / 1e6:.1f} MB, sha256 {digest[:12]}...), "
         f"{args.steps} steps in {time.monotonic() - start:.0f} s; card updated",

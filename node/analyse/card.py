@@ -169,6 +169,8 @@ class ModelCard(BaseModel):
     labels: tuple[Label, ...] = Field(min_length=1)
     outputs: Outputs = Outputs()
     triage: Triage = Triage()
+    # Written by the training script and by `models evaluate --write-card`: how it was made, how it does.
+    training: dict[str, float | int | str] = Field(default_factory=dict)
     evaluation: dict[str, float | int | str] = Field(default_factory=dict)
     directory: Path | None = None
 
