@@ -9,7 +9,7 @@ the model's value is measured rather than claimed.
    slice (vessels inside the lung become lung).
 3. Nodule candidates: HU > -400 inside the filled lungs, opened per slice (cuts thin vessels off),
    3-D components kept when compact (volume close to that of a sphere of their diameter), not touching
-   many slices beyond their diameter (vessels run along z), and 3-35 mm across.
+   many slices beyond their diameter (vessels run along z), and from the reporting size up to 35 mm.
 """
 
 from __future__ import annotations
@@ -35,8 +35,14 @@ def _largest(mask: NDArray[np.bool_], keep: int) -> NDArray[np.bool_]:
     return np.isin(comp, best[sizes[best] > 0])
 
 
-def segment(volume: Volume, lung_label: int = 1, nodule_label: int = 2) -> NDArray[np.uint8]:
-    """Label volume (lung_label, nodule_label, 0) for a chest CT volume in HU."""
+def segment(
+    volume: Volume, lung_label: int = 1, nodule_label: int = 2, min_diameter_mm: float = 3.0
+) -> NDArray[np.uint8]:
+    """Label volume (lung_label, nodule_label, 0) for a chest CT volume in HU.
+
+    ``min_diameter_mm`` is the smallest nodule reported: evaluation passes the model card's, so both
+    methods report from the same size up.
+    """
     hu = volume.voxels
     spacing = (volume.spacing[1], volume.spacing[2])
     body = _largest(hu > -500, 1).astype(np.uint8)
@@ -65,6 +71,6 @@ def segment(volume: Volume, lung_label: int = 1, nodule_label: int = 2) -> NDArr
         extent_z = (box[0].stop - box[0].start) * volume.spacing[0]
         sphere = math.pi / 6 * diameter**3
         compact = volume_mm3 >= 0.35 * sphere and extent_z <= 1.6 * diameter + 2 * volume.spacing[0]
-        if 3.0 <= diameter <= 35.0 and compact:
+        if min_diameter_mm <= diameter <= 35.0 and compact:
             labels[box][sub] = nodule_label
     return labels

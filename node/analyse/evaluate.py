@@ -1,7 +1,8 @@
 """Measure a model on held-out phantom series, beside the classical baseline.
 
 Each series is generated from a seed >= ``HELD_OUT_SEED`` (training uses small seeds), written as DICOM,
-loaded back and analysed by the whole pipeline; the classical baseline segments the same volume. Scores:
+loaded back and analysed by the whole pipeline; the classical baseline segments the same volume and
+reports nodules from the same size up as the card does. Scores:
 
 - per label: Dice against the phantom's label volume (mean over series);
 - per lesion (nodules >= ``min_diameter_mm``): a true nodule is found when its centre voxel lies in a
@@ -145,7 +146,8 @@ def evaluate(
 ) -> Report:
     """Run the model and the baseline on ``series`` held-out phantoms (all nodules >= 3 mm drawn)."""
     card = model.card
-    nodule_label = next(lab.index for lab in card.labels if lab.findings)
+    nodule = next(lab for lab in card.labels if lab.findings)
+    nodule_label = nodule.index
     organ_label = next((lab.index for lab in card.labels if not lab.findings), 1)
     ours, classical = Scores(), Scores()
     for n in range(series):
@@ -156,7 +158,7 @@ def evaluate(
             volume = load_series(Path(tmp))
         result = analyse(volume, model)
         score(ours, result.labels, phantom, volume, nodule_label, min_diameter_mm)
-        base = baseline.segment(volume, organ_label, nodule_label)
+        base = baseline.segment(volume, organ_label, nodule_label, max(3.0, nodule.min_diameter_mm))
         score(classical, base, phantom, volume, nodule_label, min_diameter_mm)
         if progress is not None:
             progress(
