@@ -52,6 +52,13 @@ class Model:
             raise ModelError(f"{card.onnx_path}: expected one input and at least one output")
         self.input_name = inputs[0].name
         self.output_name = outputs[0].name
+        shape = inputs[0].shape
+        expected = card.input.channels
+        if len(shape) > 1 and isinstance(shape[1], int) and shape[1] != expected:
+            raise ModelError(
+                f"{card.onnx_path}: the network takes {shape[1]} input channels but the card's input spec gives "
+                f"{expected} (context_slices = {card.input.context_slices}); fix input.context_slices in the card"
+            )
         self.classes = 1 + len(card.labels)
         self._values = self._label_values()
         # Seconds spent per step, summed over calls: read by the CLI summary and bench/analyse.py.

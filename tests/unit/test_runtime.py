@@ -8,6 +8,7 @@ import pytest
 from node.analyse.card import InputSpec, Window, load_card
 from node.analyse.pipeline import analyse, refusal
 from node.analyse.runtime import Model, context_stack
+from node.errors import ModelError
 from tests.helpers import card_text, threshold_model, volume_from_array
 
 
@@ -98,3 +99,10 @@ def test_label_threshold_sets_the_operating_point(tmp_path: Path) -> None:
     assert (Model(load_card(tmp_path), threads=1).segment(volume_from_array(values)) == 0).all()
     (tmp_path / "model.toml").write_text(text)
     assert (Model(load_card(tmp_path), threads=1).segment(volume_from_array(values)) == 2).all()
+
+
+def test_card_and_network_must_agree_on_input_channels(tmp_path: Path) -> None:
+    sha = threshold_model(tmp_path / "model.onnx", channels_in=1)
+    (tmp_path / "model.toml").write_text(card_text(sha, context="2"))
+    with pytest.raises(ModelError, match="takes 1 input channels but the card's input spec gives 5"):
+        Model(load_card(tmp_path), threads=1)
