@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from node import __version__, logs
 from node.commands import analyse, models, synth
+from node.commands import config as check_config
 from node.errors import NodeError
 
 EXIT_ERROR = 1
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     analyse.add_parser(sub)
     synth.add_parser(sub)
     models.add_parser(sub)
+    check_config.add_parser(sub)
     return parser
 
 

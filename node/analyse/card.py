@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from node.analyse.types import Priority
 from node.errors import ChecksumError, ConfigError
+from node.paths import default_models_dir
+from node.validation import format_validation_error
 
 _STRICT = ConfigDict(frozen=True, extra="forbid")
 
@@ -197,16 +199,6 @@ class ModelCard(BaseModel):
         raise KeyError(index)
 
 
-def format_validation_error(source: str, error: ValidationError) -> str:
-    """One line per problem: ``source: key.path: message``."""
-    lines = []
-    for item in error.errors():
-        path = ".".join(str(p) for p in item["loc"]) or "(top level)"
-        message = item["msg"].removeprefix("Value error, ")
-        lines.append(f"{source}: {path}: {message}")
-    return "\n".join(lines)
-
-
 def parse_card(text: str, source: str = "model.toml", directory: Path | None = None) -> ModelCard:
     """Parse and validate card text; raise :class:`ConfigError` naming every bad key."""
     try:
@@ -248,11 +240,6 @@ def verify_checksum(card: ModelCard) -> None:
             f"{path}: sha256 is {actual} but the card says {card.model.sha256}; the model file was changed "
             "or replaced. Refusing to load it: restore the file, or update model.sha256 after re-evaluating it."
         )
-
-
-def default_models_dir() -> Path:
-    """``models/`` beside the package (a source checkout), the place cards are looked up by name."""
-    return Path(__file__).resolve().parents[2] / "models"
 
 
 def find_card(name: str, models_dir: Path | None = None, verify: bool = True) -> ModelCard:

@@ -6,11 +6,12 @@ import argparse
 import re
 from pathlib import Path
 
-from node.analyse.card import default_models_dir, find_card, load_card
+from node.analyse.card import find_card, load_card
 from node.analyse.evaluate import HELD_OUT_SEED, Report, evaluate, format_report
 from node.analyse.runtime import Model
 from node.commands.output import say
 from node.errors import NodeError
+from node.paths import default_models_dir
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

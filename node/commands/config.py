@@ -1,0 +1,85 @@
+"""``pacs-node check-config FILE``: validate a config file and its models without starting anything."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from node.analyse.card import ModelCard, find_card
+from node.config import NodeConfig, Peer, load_config
+from node.errors import ConfigError, NodeError
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "check-config",
+        help="validate a config file (and its models) without starting anything",
+        description="Read FILE, check every key, and load the card of each model in analysis.models (which also "
+        "checks the ONNX file's sha256). Prints 'FILE: valid' and a summary (exit 0), or every problem, one line "
+        "each, on stderr (exit 1). Nothing is started, created or written.",
+        epilog="example: pacs-node check-config config/node.toml",
+    )
+    p.add_argument("file", type=Path, metavar="FILE", help="the node's TOML config file")
+    p.set_defaults(func=run)
+
+
+def check_models(config: NodeConfig, source: str) -> tuple[list[ModelCard], list[str]]:
+    """Load the card of each model in ``analysis.models``; return the cards and one line per problem."""
+    cards: list[ModelCard] = []
+    problems: list[str] = []
+    for i, name in enumerate(config.analysis.models):
+        try:
+            cards.append(find_card(name, config.analysis.models_dir))
+        except NodeError as exc:
+            problems += [f"{source}: analysis.models.{i}: {line}" for line in str(exc).splitlines()]
+    return cards, problems
+
+
+def _role(peer: Peer, config: NodeConfig) -> str:
+    roles = []
+    if peer.allow_store:
+        nets = [str(net.network_address) if net.num_addresses == 1 else str(net) for net in peer.addresses]
+        where = ", ".join(nets) or "any address"
+        roles.append(f"may send to us from {where}")
+    if peer.can_receive:
+        receives = "receives results" if peer.name in config.analysis.send_results_to else "we can send to it"
+        roles.append(f"{receives} at {peer.host}:{peer.port}")
+    return "; ".join(roles) or "unused (no allow_store, no host and port)"
+
+
+def summary(config: NodeConfig, cards: list[ModelCard]) -> list[str]:
+    """A few lines an administrator can check at a glance."""
+    node, data = config.node, config.node.data_dir
+    lines = [
+        f"  node      {node.ae_title} listening on {node.bind}:{node.port}",
+        f"  data      {data}{'' if data.is_dir() else ' (does not exist yet)'}",
+    ]
+    for i, peer in enumerate(config.peers):
+        lines.append(f"  {'peers' if i == 0 else '':<9} {peer.name} ({peer.ae_title}): {_role(peer, config)}")
+    if not config.peers:
+        lines.append("  peers     none")
+    for i, card in enumerate(cards):
+        label = "models" if i == 0 else ""
+        lines.append(f"  {label:<9} {card.model.name} {card.model.version} (sha256 verified) in {card.directory}")
+    if not cards:
+        lines.append("  models    none (analysis.models is empty: nothing is analysed)")
+    targets = ", ".join(config.analysis.send_results_to) or "nowhere (analysis.send_results_to is empty)"
+    lines.append(f"  results   sent to {targets}")
+    return lines
+
+
+def run(args: argparse.Namespace) -> int:
+    source = str(args.file)
+    try:
+        config = load_config(args.file)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    cards, problems = check_models(config, source)
+    if problems:
+        print("\n".join(problems), file=sys.stderr)
+        return 1
+    print(f"{source}: valid")
+    print("\n".join(summary(config, cards)))
+    return 0
