@@ -1,0 +1,58 @@
+"""The store stage: durable spool files, the SQLite index, the free-space guard.
+
+What a C-STORE handler does with it, on the association's thread (DESIGN §3, §4)::
+
+    if not guard.ok():                                   -> 0xA700
+    relative = spool.relative_path(study, series, sop)   InvalidUIDError -> 0xC000 range
+    if keep_first and spool.exists(study, series, sop):  skip the write (count it as a duplicate below)
+    else: spool.write(study, series, sop, part10_bytes(event.file_meta, dataset_bytes),
+                      overwrite=not keep_first)          SpoolWriteError -> 0xA700
+                                                         AlreadyStoredError -> keep-first lost a race: go on
+    index.record(..., path=relative, replace=not keep_first)   IndexDatabaseError -> 0xA700
+    -> 0x0000
+
+The file is durable before its row is committed, so after a crash every row has a complete file; a file
+without a row (crash between the two) is stored again when the sender retries, and ``record`` then
+reports it as new. ``spool.cleanup_temp()`` runs once at start-up, before associations are accepted.
+
+Errors (all derive from ``node.errors.NodeError`` through ``StoreError``)::
+
+    StoreError
+    ├── InvalidUIDError      a UID cannot be a file name (0xC000 range: retrying will not help)
+    ├── SpoolWriteError      the OS refused the write: disk full, I/O error (0xA700)
+    ├── AlreadyStoredError   write(overwrite=False) found the file already there; it was kept
+    └── IndexDatabaseError   the index cannot be opened, read or committed (0xA700 for a store)
+"""
+
+from __future__ import annotations
+
+from node.store.disk import DiskGuard, free_mb
+from node.store.index import Index, IndexDatabaseError, Instance, Recorded, StudySummary
+from node.store.spool import (
+    AlreadyStoredError,
+    InvalidUIDError,
+    Spool,
+    SpoolWriteError,
+    StoreError,
+    part10_bytes,
+    part10_header,
+    validate_uid,
+)
+
+__all__ = [
+    "AlreadyStoredError",
+    "DiskGuard",
+    "Index",
+    "IndexDatabaseError",
+    "Instance",
+    "InvalidUIDError",
+    "Recorded",
+    "Spool",
+    "SpoolWriteError",
+    "StoreError",
+    "StudySummary",
+    "free_mb",
+    "part10_bytes",
+    "part10_header",
+    "validate_uid",
+]

@@ -1,0 +1,379 @@
+"""The index: one SQLite row per stored instance, per-study activity for the completion timer.
+
+Durability: WAL journal with ``synchronous=FULL``, so a committed row survives power loss, and every
+write method commits before it returns. A C-STORE handler answers success only after :meth:`Index.record`
+has returned (DESIGN §4.1).
+
+Threading model: one connection, guarded by one lock, shared by every thread of the process. pynetdicom
+starts a thread per association; SQLite admits one writer at a time anyway, so per-thread connections
+would not write faster, would turn contention into ``SQLITE_BUSY`` retries, and would leave a connection
+behind for every association thread that ends. Under the lock each call is a short transaction (the WAL
+fsync dominates); reads are a handful of indexed rows. Other processes (CLI, web) open their own
+:class:`Index`; ``busy_timeout`` lets them wait for each other.
+
+Open associations are process-local state (they die with the process), so they are kept in memory, not
+in the database: after a restart no study is held open by an association that no longer exists.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from node.store.spool import StoreError
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+_BUSY_TIMEOUT_MS = 10_000
+
+_SCHEMA = """
+CREATE TABLE instances (
+    sop_instance_uid    TEXT PRIMARY KEY,
+    study_instance_uid  TEXT NOT NULL,
+    series_instance_uid TEXT NOT NULL,
+    sop_class_uid       TEXT NOT NULL,
+    transfer_syntax_uid TEXT NOT NULL,
+    path                TEXT NOT NULL,  -- relative to the spool root
+    size                INTEGER NOT NULL,
+    calling_ae          TEXT NOT NULL,
+    received_at         REAL NOT NULL,
+    association_id      TEXT NOT NULL
+);
+CREATE INDEX instances_by_series ON instances (study_instance_uid, series_instance_uid);
+CREATE TABLE studies (
+    study_instance_uid TEXT PRIMARY KEY,
+    first_received_at  REAL NOT NULL,
+    last_received_at   REAL NOT NULL,
+    last_activity_at   REAL NOT NULL,  -- last instance, touch or release of an association carrying it
+    duplicates         INTEGER NOT NULL DEFAULT 0,
+    completed_at       REAL            -- NULL while the completion timer still watches the study
+);
+CREATE INDEX studies_by_received ON studies (last_received_at);
+"""
+
+_COLUMNS = (
+    "sop_instance_uid, study_instance_uid, series_instance_uid, sop_class_uid, transfer_syntax_uid, "
+    "path, size, calling_ae, received_at, association_id"
+)
+
+
+class IndexDatabaseError(StoreError):
+    """The index could not be opened or written (disk full, I/O error, newer schema).
+
+    For a C-STORE this maps to 0xA700; the write was rolled back, so the index is unchanged.
+    """
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One row of the index."""
+
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    path: str
+    size: int
+    calling_ae: str
+    received_at: float
+    association_id: str
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What :meth:`Index.record` did.
+
+    Attributes
+    ----------
+    new : bool
+        ``True`` for a first arrival, ``False`` for a duplicate SOP Instance UID (counted per study).
+    late : bool
+        The study had already been marked complete; the caller applies its late-instance policy.
+    """
+
+    new: bool
+    late: bool
+
+    @property
+    def duplicate(self) -> bool:
+        return not self.new
+
+
+@dataclass(frozen=True)
+class StudySummary:
+    """Counts and times of one study; times come from the index's clock."""
+
+    study_instance_uid: str
+    instances: int
+    series: int
+    first_received_at: float
+    last_received_at: float
+    duplicates: int
+    completed_at: float | None
+
+
+class Index:
+    """SQLite index of the spool, safe to share between threads.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        The database file; created with the current schema if missing.
+    clock : callable
+        Returns the time in seconds; stamps ``received_at`` and association releases. Tests inject one.
+
+    Raises
+    ------
+    IndexDatabaseError
+        The file cannot be opened, is not a database, or has a newer schema than this code knows.
+    """
+
+    def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
+        self.path = Path(path)
+        self._clock = clock
+        self._lock = threading.Lock()
+        # association id -> studies it carried; see the module docstring for why this is in memory.
+        self._open: dict[str, set[str]] = {}
+        try:
+            # Autocommit mode: transactions are opened explicitly with BEGIN IMMEDIATE in _write().
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+            mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode != "wal":
+                raise IndexDatabaseError(f"index {self.path}: cannot switch to WAL journal mode (got {mode})")
+            self._db.execute("PRAGMA synchronous = FULL")
+            self._migrate()
+        except sqlite3.Error as error:
+            raise IndexDatabaseError(f"cannot open the index {self.path}: {error}") from error
+        log.info("index %s open (schema %d)", self.path, SCHEMA_VERSION)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _migrate(self) -> None:
+        with self._write() as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise IndexDatabaseError(
+                    f"index {self.path} has schema {version}, newer than this node's {SCHEMA_VERSION}: "
+                    "upgrade the node or point it at another index"
+                )
+            if version == 0:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction under the lock, committed (and fsynced) on exit, rolled back on error.
+
+        BEGIN IMMEDIATE takes the write lock up front, so another process cannot make this transaction
+        fail half-way with SQLITE_BUSY on its first write.
+        """
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.Error as error:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise IndexDatabaseError(f"cannot write the index {self.path}: {error}") from error
+
+    def _read(self, sql: str, params: tuple[object, ...] = ()) -> list[Any]:
+        with self._lock:
+            try:
+                return self._db.execute(sql, params).fetchall()
+            except sqlite3.Error as error:
+                raise IndexDatabaseError(f"cannot read the index {self.path}: {error}") from error
+
+    def journal_mode(self) -> str:
+        """The journal mode in force (``"wal"``)."""
+        return str(self._read("PRAGMA journal_mode")[0][0])
+
+    # -- instances -------------------------------------------------------------------------------------
+
+    def record(
+        self,
+        *,
+        sop_instance_uid: str,
+        study_instance_uid: str,
+        series_instance_uid: str,
+        sop_class_uid: str,
+        transfer_syntax_uid: str,
+        path: str,
+        size: int,
+        calling_ae: str,
+        association_id: str,
+        replace: bool = False,
+    ) -> Recorded:
+        """Record a stored instance and commit before returning.
+
+        A duplicate (SOP Instance UID already indexed) increments its study's duplicate counter. With
+        ``replace=True`` (the spool file was replaced) the row is updated to describe the new file;
+        otherwise the first row stays. Either way the study's activity time moves on.
+
+        Raises
+        ------
+        IndexDatabaseError
+            The commit failed; nothing was recorded.
+        """
+        now = self._clock()
+        row = (
+            sop_instance_uid,
+            study_instance_uid,
+            series_instance_uid,
+            sop_class_uid,
+            transfer_syntax_uid,
+            path,
+            size,
+            calling_ae,
+            now,
+            association_id,
+        )
+        with self._write() as db:
+            new = db.execute(f"INSERT OR IGNORE INTO instances ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)", row).rowcount
+            if not new and replace:
+                db.execute(
+                    "UPDATE instances SET study_instance_uid = ?, series_instance_uid = ?, sop_class_uid = ?,"
+                    " transfer_syntax_uid = ?, path = ?, size = ?, calling_ae = ?, received_at = ?,"
+                    " association_id = ? WHERE sop_instance_uid = ?",
+                    (*row[1:], sop_instance_uid),
+                )
+            completed = db.execute(
+                "SELECT completed_at FROM studies WHERE study_instance_uid = ?", (study_instance_uid,)
+            ).fetchone()
+            db.execute(
+                "INSERT INTO studies (study_instance_uid, first_received_at, last_received_at, last_activity_at,"
+                " duplicates) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (study_instance_uid) DO UPDATE SET last_received_at = excluded.last_received_at,"
+                " last_activity_at = MAX(last_activity_at, excluded.last_activity_at),"
+                " duplicates = duplicates + excluded.duplicates",
+                (study_instance_uid, now, now, now, 0 if new else 1),
+            )
+        log.debug("recorded %s in study %s (%s)", sop_instance_uid, study_instance_uid, "new" if new else "duplicate")
+        return Recorded(new=bool(new), late=completed is not None and completed[0] is not None)
+
+    def get(self, sop_instance_uid: str) -> Instance | None:
+        rows = self._read(f"SELECT {_COLUMNS} FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,))
+        return Instance(*rows[0]) if rows else None
+
+    def instances(self, study_instance_uid: str, series_instance_uid: str | None = None) -> list[Instance]:
+        """The instances of a study (or of one of its series), in order of arrival."""
+        if series_instance_uid is None:
+            sql = f"SELECT {_COLUMNS} FROM instances WHERE study_instance_uid = ?"
+            params: tuple[object, ...] = (study_instance_uid,)
+        else:
+            sql = f"SELECT {_COLUMNS} FROM instances WHERE study_instance_uid = ? AND series_instance_uid = ?"
+            params = (study_instance_uid, series_instance_uid)
+        return [Instance(*row) for row in self._read(sql + " ORDER BY received_at, rowid", params)]
+
+    def all_instances(self) -> list[Instance]:
+        """Every row (for consistency checks against the spool)."""
+        return [Instance(*row) for row in self._read(f"SELECT {_COLUMNS} FROM instances ORDER BY rowid")]
+
+    # -- studies ---------------------------------------------------------------------------------------
+
+    def study_summary(self, study_instance_uid: str) -> StudySummary | None:
+        rows = self._read(
+            "SELECT s.first_received_at, s.last_received_at, s.duplicates, s.completed_at,"
+            " COUNT(i.sop_instance_uid), COUNT(DISTINCT i.series_instance_uid)"
+            " FROM studies s LEFT JOIN instances i ON i.study_instance_uid = s.study_instance_uid"
+            " WHERE s.study_instance_uid = ? GROUP BY s.study_instance_uid",
+            (study_instance_uid,),
+        )
+        if not rows:
+            return None
+        first, last, duplicates, completed, count, series = rows[0]
+        return StudySummary(
+            study_instance_uid=study_instance_uid,
+            instances=int(count),
+            series=int(series),
+            first_received_at=float(first),
+            last_received_at=float(last),
+            duplicates=int(duplicates),
+            completed_at=None if completed is None else float(completed),
+        )
+
+    def studies_received_since(self, t: float) -> list[str]:
+        """Studies that received an instance (new or duplicate) at or after `t`, oldest activity first."""
+        rows = self._read(
+            "SELECT study_instance_uid FROM studies WHERE last_received_at >= ? ORDER BY last_received_at", (t,)
+        )
+        return [str(row[0]) for row in rows]
+
+    def duplicates(self, study_instance_uid: str) -> int:
+        rows = self._read("SELECT duplicates FROM studies WHERE study_instance_uid = ?", (study_instance_uid,))
+        return int(rows[0][0]) if rows else 0
+
+    # -- completion ------------------------------------------------------------------------------------
+
+    def touch_study(self, study_instance_uid: str, now: float) -> None:
+        """Move a known study's activity time to `now` (never backwards), restarting its quiet period."""
+        with self._write() as db:
+            db.execute(
+                "UPDATE studies SET last_activity_at = MAX(last_activity_at, ?) WHERE study_instance_uid = ?",
+                (now, study_instance_uid),
+            )
+
+    def association_opened(self, association_id: str) -> None:
+        with self._lock:
+            self._open.setdefault(association_id, set())
+
+    def association_carried(self, association_id: str, study_instance_uid: str) -> None:
+        """Note that an open association carries the study: it is not quiet until the association ends."""
+        with self._lock:
+            self._open.setdefault(association_id, set()).add(study_instance_uid)
+
+    def association_closed(self, association_id: str) -> None:
+        """Forget the association; its studies' quiet period starts now (released, not just idle)."""
+        with self._lock:
+            studies = self._open.pop(association_id, set())
+        now = self._clock()
+        for study in sorted(studies):
+            self.touch_study(study, now)
+
+    def open_associations(self, study_instance_uid: str) -> int:
+        """How many open associations have carried the study."""
+        with self._lock:
+            return sum(study_instance_uid in studies for studies in self._open.values())
+
+    def quiet_studies(self, now: float, quiet_seconds: float, max_wait_seconds: float) -> list[str]:
+        """Studies not yet complete that the completion timer may declare complete now.
+
+        A study qualifies when no open association carries it and its last activity is at least
+        `quiet_seconds` old, or, whatever its associations do, when its first instance is at least
+        `max_wait_seconds` old (a stuck sender cannot hold a study forever).
+        """
+        rows = self._read(
+            "SELECT study_instance_uid, last_activity_at <= ?, first_received_at <= ? FROM studies"
+            " WHERE completed_at IS NULL AND (last_activity_at <= ? OR first_received_at <= ?)"
+            " ORDER BY first_received_at",
+            (now - quiet_seconds, now - max_wait_seconds, now - quiet_seconds, now - max_wait_seconds),
+        )
+        with self._lock:
+            carried = set().union(*self._open.values()) if self._open else set()
+        return [str(study) for study, quiet, capped in rows if capped or (quiet and study not in carried)]
+
+    def mark_complete(self, study_instance_uid: str, now: float) -> None:
+        with self._write() as db:
+            db.execute(
+                "UPDATE studies SET completed_at = ? WHERE study_instance_uid = ? AND completed_at IS NULL",
+                (now, study_instance_uid),
+            )
+        log.debug("study %s complete", study_instance_uid)

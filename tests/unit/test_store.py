@@ -1,0 +1,399 @@
+"""The store stage: spool writes are atomic and durable, the index is thread-safe, the guard caches."""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from node.errors import NodeError
+from node.store import (
+    AlreadyStoredError,
+    DiskGuard,
+    Index,
+    IndexDatabaseError,
+    InvalidUIDError,
+    Recorded,
+    Spool,
+    SpoolWriteError,
+    free_mb,
+    part10_bytes,
+    part10_header,
+)
+from node.store import spool as spool_module
+
+STUDY, SERIES, SOP = "1.2.826.0.1.3680043.8.498.1", "1.2.826.0.1.3680043.8.498.2", "1.2.826.0.1.3680043.8.498.3"
+
+
+class Clock:
+    """A settable clock for the index and the guard."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def record(index: Index, sop: str, study: str = STUDY, series: str = SERIES, **overrides: Any) -> Recorded:
+    path = f"{study}/{series}/{sop}.dcm"
+    fields: dict[str, Any] = {"sop_instance_uid": sop, "study_instance_uid": study, "series_instance_uid": series}
+    fields |= {"sop_class_uid": "1.2.840.10008.5.1.4.1.1.2", "transfer_syntax_uid": "1.2.840.10008.1.2.1"}
+    fields |= {"path": path, "size": 10, "calling_ae": "SCANNER", "association_id": "a1"}
+    return index.record(**(fields | overrides))
+
+
+# -- spool ---------------------------------------------------------------------------------------------
+
+
+def test_write_reads_back_identical_bytes_in_study_series_layout(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    data = os.urandom(200_000)
+    path = spool.write(STUDY, SERIES, SOP, data)
+    assert path == tmp_path / STUDY / SERIES / f"{SOP}.dcm"
+    assert path.read_bytes() == data
+    assert spool.relative_path(STUDY, SERIES, SOP) == f"{STUDY}/{SERIES}/{SOP}.dcm"
+    assert spool.exists(STUDY, SERIES, SOP) and not spool.exists(STUDY, SERIES, "1.2.3")
+    assert list((tmp_path / ".tmp").iterdir()) == []
+
+
+def test_write_accepts_a_file_like(tmp_path: Path) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 7)  # more than one copy chunk
+    path = Spool(tmp_path).write(STUDY, SERIES, SOP, io.BytesIO(data))
+    assert path.read_bytes() == data
+
+
+@pytest.mark.parametrize("bad", ["../x", "..", ".", "", "1..2", ".1", "1.", "1/2", "1.2\x00", " 1.2", "1" * 65, "a.b"])
+def test_uids_that_could_escape_or_are_invalid_are_refused(tmp_path: Path, bad: str) -> None:
+    spool = Spool(tmp_path)
+    for uids in ((bad, SERIES, SOP), (STUDY, bad, SOP), (STUDY, SERIES, bad)):
+        with pytest.raises(InvalidUIDError):
+            spool.write(*uids, b"x")
+    assert issubclass(InvalidUIDError, NodeError)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp"]
+    longest = "1." + "2" * 62  # 64 characters: the limit, accepted
+    assert spool.write(longest, longest, longest, b"x").is_file()
+
+
+def test_cleanup_temp_removes_leftovers(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    spool.write(STUDY, SERIES, SOP, b"kept")
+    for name in ("a.part", "b.part", "c"):
+        (tmp_path / ".tmp" / name).write_bytes(b"half")
+    assert spool.cleanup_temp() == 3
+    assert list((tmp_path / ".tmp").iterdir()) == []
+    assert spool.cleanup_temp() == 0
+    assert (tmp_path / STUDY / SERIES / f"{SOP}.dcm").read_bytes() == b"kept"
+
+
+def test_write_fsyncs_file_and_new_directory_entries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    spool = Spool(tmp_path)
+    spool.write(STUDY, SERIES, SOP, b"one")
+    # root (new study entry), study dir (new series entry), temp file, series dir (the file's entry)
+    assert synced[:2] == [str(tmp_path), str(tmp_path / STUDY)]
+    assert synced[2].startswith(str(tmp_path / ".tmp") + "/")
+    assert synced[3:] == [str(tmp_path / STUDY / SERIES)]
+    synced.clear()
+    spool.write(STUDY, SERIES, "1.2.3", b"two")
+    # Directories already durable: only the file and its directory entry.
+    assert len(synced) == 2 and synced[1] == str(tmp_path / STUDY / SERIES)
+
+
+def test_directory_removed_by_retention_comes_back(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    spool.write(STUDY, SERIES, SOP, b"one")
+    (tmp_path / STUDY / SERIES / f"{SOP}.dcm").unlink()
+    (tmp_path / STUDY / SERIES).rmdir()
+    (tmp_path / STUDY).rmdir()
+    assert spool.write(STUDY, SERIES, SOP, b"late").read_bytes() == b"late"
+
+
+class _FullDisk(io.FileIO):
+    """A file whose writes stop half-way with ENOSPC, as on a full disk."""
+
+    def write(self, data: Any) -> int:
+        super().write(bytes(data)[: len(data) // 2])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.mark.parametrize("target", ["fsync", "write"])
+def test_disk_full_leaves_no_temp_and_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: str) -> None:
+    spool = Spool(tmp_path)
+    spool.write(STUDY, SERIES, SOP, b"old")
+
+    def full(*args: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    if target == "fsync":
+        monkeypatch.setattr(os, "fsync", full)
+    else:
+        # The spool opens its temp file with the builtin open(); a module global shadows it here.
+        monkeypatch.setattr(spool_module, "open", lambda fd, mode: _FullDisk(fd, mode), raising=False)
+    with pytest.raises(SpoolWriteError) as raised:
+        spool.write(STUDY, SERIES, SOP, b"new" * 1000)
+    with pytest.raises(SpoolWriteError):
+        spool.write(STUDY, SERIES, "1.2.3", b"new")
+    monkeypatch.undo()
+    assert raised.value.errno == errno.ENOSPC
+    assert "No space left" in str(raised.value) and SOP not in str(raised.value)
+    assert list((tmp_path / ".tmp").iterdir()) == []
+    assert (tmp_path / STUDY / SERIES / f"{SOP}.dcm").read_bytes() == b"old"
+    assert not (tmp_path / STUDY / SERIES / "1.2.3.dcm").exists()
+
+
+def test_replace_is_atomic_readers_see_old_or_new_never_partial(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    old, new = b"O" * (8 * 1024 * 1024), b"N" * (8 * 1024 * 1024)
+    path = spool.write(STUDY, SERIES, SOP, old)
+    seen: set[bytes] = set()
+    done = threading.Event()
+
+    def reader() -> None:
+        while not done.is_set():
+            content = path.read_bytes()
+            assert content in (old, new), "a reader saw a partial or mixed file"
+            seen.add(content[:1])
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for i in range(6):
+            spool.write(STUDY, SERIES, SOP, new if i % 2 == 0 else old)
+    finally:
+        done.set()
+        thread.join()
+    assert path.read_bytes() == old and seen <= {b"O", b"N"}
+
+
+def test_keep_first_never_clobbers(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    spool.write(STUDY, SERIES, SOP, b"first", overwrite=False)
+    with pytest.raises(AlreadyStoredError):
+        spool.write(STUDY, SERIES, SOP, b"second", overwrite=False)
+    assert (tmp_path / STUDY / SERIES / f"{SOP}.dcm").read_bytes() == b"first"
+    assert list((tmp_path / ".tmp").iterdir()) == []
+
+
+def _split_part10(path: str) -> tuple[pydicom.Dataset, bytes]:
+    """The source's file meta and its dataset bytes exactly as stored (what a C-STORE carries)."""
+    ds = pydicom.dcmread(path)
+    raw = Path(path).read_bytes()
+    meta_end = 132 + 12 + int(ds.file_meta.FileMetaInformationGroupLength)
+    return ds, raw[meta_end:]
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small_implicit.dcm", "image_dfl.dcm"])
+def test_part10_bytes_reads_back_as_the_source_dataset(name: str) -> None:
+    source = get_testdata_file(name, download=False)
+    assert isinstance(source, str)
+    ds, dataset_bytes = _split_part10(source)
+    meta = pydicom.dataset.FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.file_meta.MediaStorageSOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    meta.TransferSyntaxUID = ds.file_meta.TransferSyntaxUID
+    data = part10_bytes(meta, dataset_bytes)
+    assert data[:132] == b"\x00" * 128 + b"DICM" and data.endswith(dataset_bytes)
+    assert "FileMetaInformationGroupLength" not in meta  # the caller's file meta is not modified
+    back = pydicom.dcmread(io.BytesIO(data))
+    assert back == ds
+    assert back.file_meta.TransferSyntaxUID == ds.file_meta.TransferSyntaxUID
+    assert len(part10_header(meta)) == len(data) - len(dataset_bytes)
+
+
+def test_part10_header_refuses_incomplete_file_meta() -> None:
+    meta = pydicom.dataset.FileMetaDataset()
+    meta.MediaStorageSOPClassUID = pydicom.uid.UID("1.2.840.10008.5.1.4.1.1.2")
+    with pytest.raises(ValueError, match="Transfer Syntax"):
+        part10_header(meta)
+
+
+# -- index ---------------------------------------------------------------------------------------------
+
+
+def test_index_is_wal_with_full_sync_and_a_schema_version(tmp_path: Path) -> None:
+    index = Index(tmp_path / "index.db")
+    assert index.journal_mode() == "wal"
+    index.close()
+    db = sqlite3.connect(tmp_path / "index.db")
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"  # persistent in the file
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+    db.close()
+    Index(tmp_path / "index.db").close()  # reopening keeps the schema
+
+
+def test_index_refuses_a_newer_schema(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "index.db")
+    db.execute("PRAGMA user_version = 99")
+    db.close()
+    with pytest.raises(IndexDatabaseError, match="newer"):
+        Index(tmp_path / "index.db")
+
+
+def test_record_new_then_duplicates_counted_per_study(tmp_path: Path) -> None:
+    clock = Clock(100.0)
+    index = Index(tmp_path / "index.db", clock=clock)
+    first = record(index, "1.1", size=10)
+    assert first.new and not first.duplicate and not first.late
+    clock.now = 101.0
+    again = record(index, "1.1", size=99)
+    assert again.duplicate
+    kept = index.get("1.1")
+    assert kept is not None and kept.size == 10
+    record(index, "1.1", size=77, replace=True)
+    row = index.get("1.1")
+    assert row is not None and row.size == 77 and row.received_at == 101.0
+    record(index, "2.1", study="9.9")
+    assert index.duplicates(STUDY) == 2 and index.duplicates("9.9") == 0 and index.duplicates("nope") == 0
+    assert index.get("3.3") is None
+
+
+def test_queries_instances_summary_and_since(tmp_path: Path) -> None:
+    clock = Clock(10.0)
+    index = Index(tmp_path / "index.db", clock=clock)
+    for i, series in enumerate(["1.2", "1.2", "1.3"]):
+        clock.now = 10.0 + i
+        record(index, f"5.{i}", series=series)
+    clock.now = 50.0
+    record(index, "6.0", study="2.2")
+    record(index, "5.0")  # duplicate
+    assert [i.sop_instance_uid for i in index.instances(STUDY)] == ["5.0", "5.1", "5.2"]
+    assert [i.sop_instance_uid for i in index.instances(STUDY, "1.2")] == ["5.0", "5.1"]
+    summary = index.study_summary(STUDY)
+    assert summary is not None
+    assert (summary.instances, summary.series, summary.duplicates) == (3, 2, 1)
+    assert (summary.first_received_at, summary.last_received_at, summary.completed_at) == (10.0, 50.0, None)
+    assert index.study_summary("7.7") is None
+    assert set(index.studies_received_since(11.5)) == {STUDY, "2.2"}
+    assert index.studies_received_since(51.0) == []
+    assert len(index.all_instances()) == 4
+
+
+def test_index_is_safe_from_many_threads(tmp_path: Path) -> None:
+    index = Index(tmp_path / "index.db")
+    threads_n, per_thread = 8, 50
+    errors: list[BaseException] = []
+
+    def work(t: int) -> None:
+        try:
+            index.association_opened(f"a{t}")
+            for i in range(per_thread):
+                record(index, f"1.{t}.{i}", study=f"2.{t % 3}", association_id=f"a{t}")
+                index.association_carried(f"a{t}", f"2.{t % 3}")
+                index.quiet_studies(0.0, 1.0, 10.0)
+            index.association_closed(f"a{t}")
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(threads_n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(index.all_instances()) == threads_n * per_thread
+    summaries = [index.study_summary(f"2.{s}") for s in range(3)]
+    assert sum(s.instances for s in summaries if s is not None) == threads_n * per_thread
+
+
+def test_quiet_studies_follow_associations_quiet_period_and_max_wait(tmp_path: Path) -> None:
+    clock = Clock(0.0)
+    index = Index(tmp_path / "index.db", clock=clock)
+    index.association_opened("a")
+    record(index, "1.1", study="7.1", association_id="a")
+    index.association_carried("a", "7.1")
+    assert index.open_associations("7.1") == 1
+    clock.now = 100.0
+    # Quiet for long enough, but the association that carries it is still open.
+    assert index.quiet_studies(100.0, quiet_seconds=30, max_wait_seconds=600) == []
+    index.association_closed("a")  # the quiet period starts at the release (t = 100)
+    assert index.open_associations("7.1") == 0
+    assert index.quiet_studies(110.0, 30, 600) == []
+    assert index.quiet_studies(130.0, 30, 600) == ["7.1"]
+    # New activity restarts the quiet period; touch never moves time backwards.
+    index.touch_study("7.1", 140.0)
+    index.touch_study("7.1", 5.0)
+    assert index.quiet_studies(160.0, 30, 600) == []
+    assert index.quiet_studies(170.0, 30, 600) == ["7.1"]
+    # Max wait: an association that never ends cannot hold the study past the cap.
+    index.association_opened("b")
+    index.association_carried("b", "7.1")
+    assert index.quiet_studies(599.0, 30, 600) == []
+    assert index.quiet_studies(600.0, 30, 600) == ["7.1"]
+    index.mark_complete("7.1", 600.0)
+    assert index.quiet_studies(10_000.0, 30, 600) == []
+    summary = index.study_summary("7.1")
+    assert summary is not None and summary.completed_at == 600.0
+    # A late instance is flagged so the caller can apply its late-instance policy.
+    assert record(index, "1.2", study="7.1").late
+
+
+def test_quiet_studies_survive_a_restart_without_stale_associations(tmp_path: Path) -> None:
+    index = Index(tmp_path / "index.db", clock=Clock(0.0))
+    index.association_opened("a")
+    record(index, "1.1", study="7.1")
+    index.association_carried("a", "7.1")
+    index.close()
+    # The process died with the association open; the new process does not wait for it.
+    reopened = Index(tmp_path / "index.db", clock=Clock(50.0))
+    assert reopened.quiet_studies(50.0, 30, 600) == ["7.1"]
+
+
+def test_failed_commit_raises_a_store_error_and_records_nothing(tmp_path: Path) -> None:
+    index = Index(tmp_path / "index.db")
+    record(index, "1.1")
+    index._db.execute("PRAGMA query_only = ON")  # any write now fails inside the transaction
+    with pytest.raises(IndexDatabaseError):
+        record(index, "1.2")
+    index._db.execute("PRAGMA query_only = OFF")
+    assert index.get("1.2") is None and not index._db.in_transaction
+    assert record(index, "1.2").new
+
+
+# -- disk ----------------------------------------------------------------------------------------------
+
+
+def test_free_mb_and_guard_caches_for_its_ttl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert free_mb(tmp_path) > 0
+    calls: list[str] = []
+    free = {"mb": 500.0}
+
+    def fake_free(path: Path) -> float:
+        calls.append(str(path))
+        return free["mb"]
+
+    monkeypatch.setattr("node.store.disk.free_mb", fake_free)
+    clock = Clock(0.0)
+    guard = DiskGuard(tmp_path, min_free_mb=100, clock=clock)
+    assert guard.ok() and guard.ok() and len(calls) == 1
+    free["mb"] = 50.0
+    clock.now = 0.9
+    assert guard.ok()  # cached
+    clock.now = 1.0
+    assert not guard.ok() and guard.last_free_mb == 50.0 and len(calls) == 2
+    monkeypatch.undo()
+    assert not DiskGuard(tmp_path / "missing", min_free_mb=1).ok()  # statvfs fails: no room
+
+
+def test_spool_module_never_logs_uids_above_debug(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("DEBUG", logger=spool_module.__name__)
+    spool = Spool(tmp_path)
+    spool.write(STUDY, SERIES, SOP, b"x")
+    (tmp_path / ".tmp" / "x.part").write_bytes(b"")
+    spool.cleanup_temp()
+    assert all(SOP not in r.getMessage() for r in caplog.records if r.levelname != "DEBUG")
