@@ -1,0 +1,396 @@
+"""The durable job store: one SQLite file shared by the node process and its worker processes.
+
+Every state change is one committed write transaction (WAL, ``synchronous=FULL``) before the method
+returns, so a caller acknowledges a side effect only after the row that records it is on disk (DESIGN §4.2).
+The file is the only channel between processes (DESIGN §3): each process opens its own :class:`JobStore`.
+
+Atomic claim across processes: every write runs inside ``BEGIN IMMEDIATE``, which takes SQLite's single
+write lock before anything is read, so the choice of the next job and its move to ``running`` happen with
+no other writer in between; other processes wait for the lock (``busy_timeout``). The claim itself is one
+``UPDATE ... WHERE id = (SELECT ... LIMIT 1) AND state = 'queued' RETURNING``, so even without the lock a
+row could only go from queued to running once.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import logging
+import os
+import random
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Collection, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from node.jobs.backoff import delay
+from node.jobs.types import (
+    COLUMNS,
+    SCHEMA,
+    SCHEMA_VERSION,
+    Job,
+    JobNotFoundError,
+    JobState,
+    JobStateError,
+    JobStoreError,
+    LeaseLostError,
+    job_from_row,
+)
+
+log = logging.getLogger(__name__)
+
+_ERROR_MAX_CHARS = 4000  # last_error is for people and the web page, not a log archive
+
+
+class JobStore:
+    """Jobs in one SQLite file, claimed with leases, retried with backoff, parked when dead.
+
+    Open one store per process (a connection must not cross ``fork``); within a process the store may be
+    shared by threads, which it serialises with a lock. ``complete``, ``fail`` and ``release`` raise
+    :class:`LeaseLostError` when ``owner`` does not hold the job (its lease was taken back by
+    :meth:`requeue_expired`, or it never claimed it); the caller must then treat its work as not
+    acknowledged. Methods given an unknown id raise :class:`JobNotFoundError`; database failures (disk
+    full, write lock held past ``busy_timeout``) raise :class:`JobStoreError`.
+
+    Parameters
+    ----------
+    path
+        The database file; created with its schema if missing.
+    clock
+        Seconds since the epoch; tests inject a fake one. All processes must use the same time base.
+    max_attempts
+        Claims after which a failing job is parked as dead instead of queued again.
+    backoff_initial, backoff_max
+        Delay after the first failure and cap of every delay, seconds (see :func:`node.jobs.backoff.delay`).
+    jitter_fraction
+        Relative jitter of the backoff delays.
+    rng
+        Source of the jitter; a fresh :class:`random.Random` when ``None``.
+    busy_timeout
+        Seconds a write waits for another process's write lock before :class:`JobStoreError`.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        clock: Callable[[], float] = time.time,
+        max_attempts: int = 10,
+        backoff_initial: float = 60.0,
+        backoff_max: float = 3600.0,
+        jitter_fraction: float = 0.1,
+        rng: random.Random | None = None,
+        busy_timeout: float = 30.0,
+    ) -> None:
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be 1 or more, got {max_attempts}")
+        delay(1, backoff_initial, backoff_max, jitter_fraction)  # validates the backoff settings now
+        self.path = os.fspath(path)
+        self.max_attempts = max_attempts
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.jitter_fraction = jitter_fraction
+        self._clock = clock
+        self._rng = rng if rng is not None else random.Random()
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        try:
+            # isolation_level=None: the module opens no implicit transactions; we say BEGIN IMMEDIATE.
+            self._conn = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+            mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            self._conn.execute("PRAGMA synchronous=FULL")  # a commit survives power loss, not only a crash
+        except sqlite3.Error as exc:
+            raise JobStoreError(f"job store {self.path}: cannot open: {exc}") from exc
+        try:  # from here on, close the connection if the store cannot be used
+            if mode != "wal":
+                raise JobStoreError(f"job store {self.path}: cannot use a WAL journal (got {mode!r}); use a local disk")
+            self._migrate()
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _migrate(self) -> None:
+        with self._write() as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise JobStoreError(
+                    f"job store {self.path}: schema version {version} is newer than this node ({SCHEMA_VERSION})"
+                )
+            for statement in SCHEMA:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        """Close the connection; the store cannot be used afterwards."""
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> JobStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        self._check_process()
+        with self._lock:
+            try:
+                yield self._conn
+            except sqlite3.Error as exc:
+                raise JobStoreError(f"job store {self.path}: {exc}") from exc
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction holding SQLite's write lock from its start (BEGIN IMMEDIATE).
+
+        Taking the lock before reading means what the transaction reads cannot be changed by another
+        process before it writes: this is what makes claim, dedup and the ownership checks atomic.
+        """
+        self._check_process()
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._conn
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
+                self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise JobStoreError(f"job store {self.path}: {exc}") from exc
+
+    def _check_process(self) -> None:
+        # SQLite forbids using a connection opened before fork in the child: it can corrupt the file.
+        if os.getpid() != self._pid:
+            raise JobStoreError(f"job store {self.path}: opened in process {self._pid}; open one per process")
+
+    @staticmethod
+    def _fetch(conn: sqlite3.Connection, job_id: int) -> Job:
+        row = conn.execute(f"SELECT {COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise JobNotFoundError(f"no job with id {job_id}")
+        return job_from_row(row)
+
+    def _owned(self, conn: sqlite3.Connection, job_id: int, owner: str, action: str) -> Job:
+        job = self._fetch(conn, job_id)
+        if job.state is not JobState.RUNNING or job.lease_owner != owner:
+            holder = f"state {job.state}, holder {job.lease_owner!r}"
+            raise LeaseLostError(f"cannot {action} job {job_id}: {owner!r} does not hold its lease ({holder})")
+        return job
+
+    @staticmethod
+    def _move(conn: sqlite3.Connection, job: Job, state: JobState, now: float, **columns: object) -> None:
+        """Set ``job``'s new state, clear its lease and set ``columns`` (names from this module only)."""
+        sets = "".join(f", {name} = ?" for name in columns)
+        conn.execute(
+            f"UPDATE jobs SET state = ?, lease_owner = NULL, lease_expires = NULL, updated = ?{sets} WHERE id = ?",
+            (state.value, now, *columns.values(), job.id),
+        )
+
+    @staticmethod
+    def _live_duplicate(conn: sqlite3.Connection, kind: str, dedup_key: str) -> int | None:
+        row = conn.execute(
+            "SELECT id FROM jobs WHERE kind = ? AND dedup_key = ? AND state IN ('queued', 'running')", (kind, dedup_key)
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    def enqueue(
+        self,
+        kind: str,
+        payload: Mapping[str, Any],
+        *,
+        dedup_key: str | None = None,
+        priority: int = 0,
+        not_before: float | None = None,
+    ) -> int:
+        """Add a job, or find the live job that already does the same work.
+
+        ``payload`` must be JSON-serialisable. If a queued or running job of this ``kind`` has the same
+        ``dedup_key``, no job is added: that job's id is returned, and its priority is raised to
+        ``priority`` if it is lower and the job has not started yet. ``not_before`` is the earliest claim
+        time (clock seconds), now when ``None``.
+        """
+        if not kind:
+            raise ValueError("a job needs a kind")
+        text = json.dumps(dict(payload), sort_keys=True, separators=(",", ":"), allow_nan=False)
+        now = self._clock()
+        with self._write() as conn:
+            existing = None if dedup_key is None else self._live_duplicate(conn, kind, dedup_key)
+            if existing is not None:
+                conn.execute(
+                    "UPDATE jobs SET priority = ? WHERE id = ? AND state = 'queued' AND priority < ?",
+                    (priority, existing, priority),
+                )
+                log.debug("job %d %s: already live, not enqueued again", existing, kind)
+                return existing
+            job_id = int(
+                conn.execute(
+                    "INSERT INTO jobs (kind, payload, dedup_key, priority, state, not_before, created, updated)"
+                    " VALUES (?, ?, ?, ?, 'queued', ?, ?, ?) RETURNING id",
+                    (kind, text, dedup_key, priority, now if not_before is None else not_before, now, now),
+                ).fetchone()[0]
+            )
+        log.info("job %d %s -> queued (priority %d)", job_id, kind, priority)
+        return job_id
+
+    def claim(self, kinds: str | Collection[str], owner: str, lease_seconds: float) -> Job | None:
+        """Take the next ready job of one of ``kinds``: highest priority first, then oldest.
+
+        The job becomes ``running`` under ``owner``'s lease until now + ``lease_seconds``, and the claim
+        counts as an attempt. Keep the lease alive with :meth:`heartbeat` during long work.
+
+        Returns the claimed job as it now stands, or ``None`` if no job is ready.
+        """
+        kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
+        if not kinds:
+            raise ValueError("claim needs at least one kind")
+        if lease_seconds <= 0:
+            raise ValueError(f"lease_seconds must be positive, got {lease_seconds}")
+        now = self._clock()
+        marks = ", ".join("?" * len(kinds))
+        with self._write() as conn:
+            row = conn.execute(
+                "UPDATE jobs SET state = 'running', lease_owner = ?, lease_expires = ?, attempts = attempts + 1,"
+                " updated = ? WHERE id = (SELECT id FROM jobs WHERE state = 'queued' AND not_before <= ?"
+                f" AND kind IN ({marks}) ORDER BY priority DESC, id LIMIT 1) AND state = 'queued' RETURNING {COLUMNS}",
+                (owner, now + lease_seconds, now, now, *kinds),
+            ).fetchone()
+        if row is None:
+            return None
+        job = job_from_row(row)
+        log.info("job %d %s -> running (attempt %d, owner %s)", job.id, job.kind, job.attempts, owner)
+        return job
+
+    def heartbeat(self, job_id: int, owner: str, lease_seconds: float) -> bool:
+        """Extend ``owner``'s lease to now + ``lease_seconds``.
+
+        A lease past its expiry still belongs to its owner until :meth:`requeue_expired` takes it back, so a
+        late heartbeat still succeeds if nobody has taken the job back yet. Returns ``False`` if ``owner``
+        no longer holds the job: stop the work, it will be (or is being) done again.
+        """
+        with self._write() as conn:
+            cursor = conn.execute(
+                "UPDATE jobs SET lease_expires = ? WHERE id = ? AND state = 'running' AND lease_owner = ?",
+                (self._clock() + lease_seconds, job_id, owner),
+            )
+        return cursor.rowcount == 1
+
+    def complete(self, job_id: int, owner: str) -> None:
+        """Mark ``owner``'s job done; call only once its side effect is acknowledged (sent, written)."""
+        now = self._clock()
+        with self._write() as conn:
+            job = self._owned(conn, job_id, owner, "complete")
+            self._move(conn, job, JobState.DONE, now)
+        log.info("job %d %s -> done (attempt %d)", job_id, job.kind, job.attempts)
+
+    def fail(self, job_id: int, owner: str, error: str, *, retry: bool = True) -> JobState:
+        """Record a failed attempt of ``owner``'s job: queued again after a backoff, or dead.
+
+        Parameters
+        ----------
+        error
+            Why it failed, for the people who will look at the job; stored as ``last_error``.
+        retry
+            ``False`` for errors another try cannot fix (an invalid series): the job is dead at once.
+
+        Returns
+        -------
+        JobState
+            ``QUEUED`` (claimable again from now + backoff(attempts)) or ``DEAD`` (no retry, or attempts used up).
+        """
+        now = self._clock()
+        error = error[:_ERROR_MAX_CHARS]
+        with self._write() as conn:
+            job = self._owned(conn, job_id, owner, "fail")
+            state = JobState.QUEUED if retry and job.attempts < self.max_attempts else JobState.DEAD
+            wait = 0.0
+            if state is JobState.QUEUED:
+                wait = delay(job.attempts, self.backoff_initial, self.backoff_max, self.jitter_fraction, self._rng)
+            self._move(conn, job, state, now, not_before=now + wait, last_error=error)
+        # The error text may quote UIDs or other data: DEBUG only; it is in the row for people to read.
+        log.debug("job %d %s failed: %s", job_id, job.kind, error)
+        if state is JobState.QUEUED:
+            log.info("job %d %s -> queued (attempt %d failed, next in %.0f s)", job_id, job.kind, job.attempts, wait)
+        else:
+            # WARNING: a dead job needs a person (DESIGN §4.3: parked, visible, retried on request).
+            log.warning("job %d %s -> dead (attempt %d, retry %s)", job_id, job.kind, job.attempts, retry)
+        return state
+
+    def release(self, job_id: int, owner: str) -> None:
+        """Give ``owner``'s job back to the queue unfinished (graceful shutdown); the attempt is not counted."""
+        now = self._clock()
+        with self._write() as conn:
+            job = self._owned(conn, job_id, owner, "release")
+            self._move(conn, job, JobState.QUEUED, now, attempts=job.attempts - 1)
+        log.info("job %d %s -> queued (released, attempt %d given back)", job_id, job.kind, job.attempts)
+
+    def requeue_expired(self) -> int:
+        """Take back running jobs whose lease has expired (their worker died or hung).
+
+        Call at start-up and periodically. A job goes back to the queue, claimable at once; a job that has
+        used all its attempts is parked as dead, so a job that kills every worker that runs it stops.
+        Returns how many expired jobs were taken back (queued or dead).
+        """
+        now = self._clock()
+        changed: builtins.list[tuple[Job, JobState]] = []
+        with self._write() as conn:
+            rows = conn.execute(
+                f"SELECT {COLUMNS} FROM jobs WHERE state = 'running' AND lease_expires <= ? ORDER BY id", (now,)
+            ).fetchall()
+            for job in map(job_from_row, rows):
+                state = JobState.QUEUED if job.attempts < self.max_attempts else JobState.DEAD
+                self._move(
+                    conn, job, state, now, last_error=f"lease of {job.lease_owner} expired (worker died or hung)"
+                )
+                changed.append((job, state))
+        for job, state in changed:
+            level = logging.INFO if state is JobState.QUEUED else logging.WARNING
+            log.log(level, "job %d %s -> %s (lease expired, attempt %d)", job.id, job.kind, state, job.attempts)
+        return len(changed)
+
+    def retry(self, job_id: int) -> None:
+        """Put a dead job back in the queue with its attempts reset (a person asked for it).
+
+        Raises :class:`JobStateError` if the job is not dead, or if a live job with the same dedup key
+        already does its work.
+        """
+        now = self._clock()
+        with self._write() as conn:
+            job = self._fetch(conn, job_id)
+            if job.state is not JobState.DEAD:
+                raise JobStateError(f"job {job_id} is {job.state}, only a dead job can be retried")
+            other = None if job.dedup_key is None else self._live_duplicate(conn, job.kind, job.dedup_key)
+            if other is not None:
+                raise JobStateError(f"job {job_id} is not retried: job {other} already does the same work")
+            self._move(conn, job, JobState.QUEUED, now, attempts=0, not_before=now)
+        log.info("job %d %s -> queued (retried on request)", job_id, job.kind)
+
+    def get(self, job_id: int) -> Job | None:
+        """The job with this id, or ``None``."""
+        with self._read() as conn:
+            row = conn.execute(f"SELECT {COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return None if row is None else job_from_row(row)
+
+    def list(
+        self, state: JobState | str | None = None, kind: str | None = None, limit: int = 100
+    ) -> builtins.list[Job]:
+        """Jobs, newest first, optionally only of one state and/or kind, at most ``limit``."""
+        value = None if state is None else JobState(state).value
+        with self._read() as conn:
+            rows = conn.execute(
+                f"SELECT {COLUMNS} FROM jobs WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR kind = ?2)"
+                " ORDER BY id DESC LIMIT ?3",
+                (value, kind, limit),
+            )
+            return [job_from_row(row) for row in rows]
+
+    def counts(self) -> dict[tuple[str, JobState], int]:
+        """Number of jobs per (kind, state), for status pages and metrics; absent pairs are zero."""
+        with self._read() as conn:
+            rows = conn.execute("SELECT kind, state, COUNT(*) FROM jobs GROUP BY kind, state").fetchall()
+        return {(kind, JobState(state)): count for kind, state, count in rows}

@@ -1,0 +1,356 @@
+"""The job store's contract on one process, time from an injected clock; and the backoff function."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from node.errors import NodeError
+from node.jobs import (
+    JobNotFoundError,
+    JobState,
+    JobStateError,
+    JobStore,
+    JobStoreError,
+    LeaseLostError,
+    delay,
+)
+
+UID = "1.2.826.0.1.3680043.99.1"  # stands for a SOP Instance UID: must never reach an INFO line
+
+
+class Clock:
+    """A clock that moves only when told."""
+
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(tmp_path: Path, clock: Clock) -> Iterator[JobStore]:
+    # No jitter: the backoff delays are exact (10, 20, 40 ... s).
+    with JobStore(
+        tmp_path / "jobs.db", clock=clock, max_attempts=3, backoff_initial=10, backoff_max=100, jitter_fraction=0
+    ) as opened:
+        yield opened
+
+
+def test_claim_takes_highest_priority_first_then_oldest(store: JobStore, clock: Clock) -> None:
+    ids = {}
+    for name, priority in [("a", 0), ("b", 5), ("c", 5), ("d", 0), ("e", -1)]:
+        ids[name] = store.enqueue("analyse", {"name": name}, priority=priority)
+        clock.advance(1)
+    order = []
+    while (job := store.claim(["analyse"], "w1", 60)) is not None:
+        assert job.state is JobState.RUNNING and job.lease_owner == "w1" and job.lease_expires == clock.now + 60
+        assert job.attempts == 1
+        order.append(job.payload["name"])
+    assert order == ["b", "c", "a", "d", "e"]
+
+
+def test_claim_only_takes_the_kinds_asked_for(store: JobStore) -> None:
+    send = store.enqueue("send", {"sop": UID, "peer": "PACS"}, priority=9)
+    analyse = store.enqueue("analyse", {"study": UID})
+    assert store.claim("encode", "w", 60) is None
+    job = store.claim("analyse", "w", 60)
+    assert job is not None and job.id == analyse
+    job = store.claim(("analyse", "send"), "w", 60)
+    assert job is not None and job.id == send
+    with pytest.raises(ValueError, match="at least one kind"):
+        store.claim([], "w", 60)
+
+
+def test_not_before_delays_the_first_claim(store: JobStore, clock: Clock) -> None:
+    store.enqueue("send", {}, not_before=clock.now + 30)
+    assert store.claim("send", "w", 60) is None
+    clock.advance(30)
+    assert store.claim("send", "w", 60) is not None
+
+
+def test_dedup_key_returns_the_live_job(store: JobStore) -> None:
+    key = f"send:{UID}:PACS"
+    first = store.enqueue("send", {"sop": UID, "peer": "PACS"}, dedup_key=key)
+    assert store.enqueue("send", {"sop": UID, "peer": "PACS"}, dedup_key=key) == first
+    # The same key of another kind is other work.
+    assert store.enqueue("analyse", {}, dedup_key=key) != first
+    # A higher-priority request for queued work raises the job's priority.
+    assert store.enqueue("send", {"sop": UID, "peer": "PACS"}, dedup_key=key, priority=7) == first
+    job = store.get(first)
+    assert job is not None and job.priority == 7 and job.dedup_key == key
+    # Running is still live: no second send while the first is in flight.
+    assert store.claim("send", "w", 60) is not None
+    assert store.enqueue("send", {"sop": UID, "peer": "PACS"}, dedup_key=key) == first
+    # Once done, the same send can be asked for again (the instance changed, a rule re-ran).
+    store.complete(first, "w")
+    assert store.enqueue("send", {"sop": UID, "peer": "PACS"}, dedup_key=key) != first
+    assert store.counts()[("send", JobState.QUEUED)] == 1
+
+
+def test_expired_lease_goes_back_to_the_queue(store: JobStore, clock: Clock) -> None:
+    job_id = store.enqueue("analyse", {"study": UID})
+    assert store.claim("analyse", "w1", 30) is not None
+    clock.advance(29)
+    assert store.requeue_expired() == 0
+    clock.advance(1)
+    assert store.requeue_expired() == 1
+    job = store.get(job_id)
+    assert job is not None and job.state is JobState.QUEUED and job.lease_owner is None
+    assert job.attempts == 1 and job.last_error is not None and "w1" in job.last_error
+    # The old owner has lost the job: its late results are refused and its heartbeat says so.
+    assert not store.heartbeat(job_id, "w1", 30)
+    with pytest.raises(LeaseLostError):
+        store.complete(job_id, "w1")
+    again = store.claim("analyse", "w2", 30)
+    assert again is not None and again.id == job_id and again.attempts == 2
+    store.complete(job_id, "w2")
+
+
+def test_heartbeat_keeps_the_lease(store: JobStore, clock: Clock) -> None:
+    job_id = store.enqueue("analyse", {})
+    assert store.claim("analyse", "w1", 30) is not None
+    for _ in range(5):
+        clock.advance(20)
+        assert store.heartbeat(job_id, "w1", 30)
+        assert store.requeue_expired() == 0
+    assert not store.heartbeat(job_id, "w2", 30)
+    job = store.get(job_id)
+    assert job is not None and job.state is JobState.RUNNING and job.lease_expires == clock.now + 30
+
+
+def test_failed_job_waits_its_backoff(store: JobStore, clock: Clock) -> None:
+    job_id = store.enqueue("send", {"sop": UID, "peer": "PACS"})
+    assert store.claim("send", "w", 60) is not None
+    assert store.fail(job_id, "w", "association rejected") is JobState.QUEUED
+    job = store.get(job_id)
+    assert job is not None and job.not_before == clock.now + 10 and job.last_error == "association rejected"
+    clock.advance(9.9)
+    assert store.claim("send", "w", 60) is None
+    clock.advance(0.1)
+    job = store.claim("send", "w", 60)
+    assert job is not None and job.id == job_id and job.attempts == 2
+    # The second failure waits twice as long.
+    store.fail(job_id, "w", "timeout")
+    clock.advance(19.9)
+    assert store.claim("send", "w", 60) is None
+    clock.advance(0.1)
+    assert store.claim("send", "w", 60) is not None
+
+
+def test_job_is_dead_after_max_attempts_with_its_last_error(store: JobStore, clock: Clock) -> None:
+    job_id = store.enqueue("send", {"sop": UID, "peer": "PACS"})
+    states = []
+    for attempt in range(1, 4):
+        job = store.claim("send", "w", 60)
+        assert job is not None and job.attempts == attempt
+        states.append(store.fail(job_id, "w", f"refused, try {attempt}"))
+        clock.advance(1000)
+    assert states == [JobState.QUEUED, JobState.QUEUED, JobState.DEAD]
+    assert store.claim("send", "w", 60) is None
+    dead = store.list(state=JobState.DEAD)
+    assert [job.id for job in dead] == [job_id]
+    assert dead[0].last_error == "refused, try 3" and dead[0].attempts == 3 and dead[0].lease_owner is None
+
+
+def test_fail_without_retry_is_dead_at_once(store: JobStore) -> None:
+    job_id = store.enqueue("analyse", {})
+    assert store.claim("analyse", "w", 60) is not None
+    assert store.fail(job_id, "w", "series has mixed orientations", retry=False) is JobState.DEAD
+    job = store.get(job_id)
+    assert job is not None and job.state is JobState.DEAD and job.attempts == 1
+
+
+def test_dead_job_is_retried_on_request(store: JobStore, clock: Clock) -> None:
+    job_id = store.enqueue("send", {})
+    assert store.claim("send", "w", 60) is not None
+    store.fail(job_id, "w", "peer unknown", retry=False)
+    clock.advance(5)
+    store.retry(job_id)
+    job = store.get(job_id)
+    assert job is not None and job.state is JobState.QUEUED and job.attempts == 0 and job.not_before == clock.now
+    assert job.last_error == "peer unknown"  # kept for the record
+    again = store.claim("send", "w", 60)
+    assert again is not None and again.id == job_id and again.attempts == 1
+    with pytest.raises(JobStateError, match="only a dead job"):
+        store.retry(job_id)
+    with pytest.raises(JobNotFoundError):
+        store.retry(9999)
+
+
+def test_retry_refuses_a_dead_job_whose_work_is_live_again(store: JobStore) -> None:
+    key = f"send:{UID}:PACS"
+    dead = store.enqueue("send", {}, dedup_key=key)
+    assert store.claim("send", "w", 60) is not None
+    store.fail(dead, "w", "refused", retry=False)
+    live = store.enqueue("send", {}, dedup_key=key)
+    assert live != dead
+    with pytest.raises(JobStateError, match=f"job {live} already does"):
+        store.retry(dead)
+
+
+def test_release_does_not_count_an_attempt(store: JobStore) -> None:
+    job_id = store.enqueue("analyse", {})
+    assert store.claim("analyse", "w1", 60) is not None
+    with pytest.raises(LeaseLostError):
+        store.release(job_id, "w2")
+    store.release(job_id, "w1")
+    job = store.get(job_id)
+    assert job is not None and job.state is JobState.QUEUED and job.attempts == 0 and job.lease_owner is None
+    job = store.claim("analyse", "w2", 60)
+    assert job is not None and job.attempts == 1
+
+
+def test_complete_by_a_non_owner_is_refused(store: JobStore) -> None:
+    job_id = store.enqueue("send", {})
+    with pytest.raises(LeaseLostError, match="does not hold"):
+        store.complete(job_id, "w1")  # never claimed
+    assert store.claim("send", "w1", 60) is not None
+    with pytest.raises(LeaseLostError):
+        store.complete(job_id, "w2")
+    with pytest.raises(LeaseLostError):
+        store.fail(job_id, "w2", "not mine")
+    job = store.get(job_id)
+    assert job is not None and job.state is JobState.RUNNING and job.lease_owner == "w1"
+    store.complete(job_id, "w1")
+    with pytest.raises(LeaseLostError):
+        store.complete(job_id, "w1")  # done is final
+    with pytest.raises(JobNotFoundError):
+        store.complete(9999, "w1")
+    assert isinstance(LeaseLostError("x"), NodeError)
+
+
+def test_expired_lease_of_a_job_out_of_attempts_parks_it(store: JobStore, clock: Clock) -> None:
+    # A job that kills every worker running it must stop coming back.
+    job_id = store.enqueue("analyse", {})
+    for _ in range(3):
+        assert store.claim("analyse", "w", 10) is not None
+        clock.advance(11)
+        assert store.requeue_expired() == 1
+    job = store.get(job_id)
+    assert job is not None and job.state is JobState.DEAD and job.attempts == 3
+
+
+def test_counts_and_list(store: JobStore) -> None:
+    for _ in range(3):
+        store.enqueue("analyse", {})
+    send = store.enqueue("send", {})
+    assert store.claim("analyse", "w", 60) is not None
+    assert store.claim("send", "w", 60) is not None
+    store.complete(send, "w")
+    assert store.counts() == {
+        ("analyse", JobState.QUEUED): 2,
+        ("analyse", JobState.RUNNING): 1,
+        ("send", JobState.DONE): 1,
+    }
+    assert [job.id for job in store.list()] == [4, 3, 2, 1]
+    assert [job.id for job in store.list(state="queued", kind="analyse")] == [3, 2]
+    assert [job.id for job in store.list(limit=1)] == [4]
+    assert store.get(42) is None
+
+
+def test_rows_survive_a_reopen(tmp_path: Path, clock: Clock) -> None:
+    path = tmp_path / "jobs.db"
+    with JobStore(path, clock=clock) as first:
+        job_id = first.enqueue("send", {"sop": UID, "peer": "PACS"}, dedup_key="k", priority=3)
+        assert first.claim("send", "w", 60) is not None
+    with JobStore(path, clock=clock) as second:
+        job = second.get(job_id)
+        assert job is not None and job.state is JobState.RUNNING and job.payload == {"sop": UID, "peer": "PACS"}
+        assert second.enqueue("send", {}, dedup_key="k") == job_id
+        assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_threads_of_one_process_share_a_store(store: JobStore) -> None:
+    ids = {store.enqueue("analyse", {"n": n}) for n in range(100)}
+    claimed: list[int] = []
+
+    def work(owner: str) -> None:
+        while (job := store.claim("analyse", owner, 60)) is not None:
+            claimed.append(job.id)
+            store.complete(job.id, owner)
+
+    threads = [threading.Thread(target=work, args=(f"t{n}",)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(claimed) == sorted(ids)
+    assert store.counts() == {("analyse", JobState.DONE): 100}
+
+
+def test_a_store_is_refused_in_another_process(store: JobStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    # As in a child after fork: SQLite connections must not cross it.
+    monkeypatch.setattr(os, "getpid", lambda: -1)
+    with pytest.raises(JobStoreError, match="open one per process"):
+        store.claim("analyse", "w", 60)
+
+
+def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    JobStore(path).close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA user_version = 99")
+    with pytest.raises(JobStoreError, match="schema version 99"):
+        JobStore(path)
+
+
+def test_one_info_line_per_state_change_and_no_uids(
+    store: JobStore, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="node.jobs")
+    job_id = store.enqueue("send", {"sop": UID, "peer": "PACS"}, dedup_key=f"send:{UID}:PACS")
+    store.enqueue("send", {"sop": UID, "peer": "PACS"}, dedup_key=f"send:{UID}:PACS")  # no state change
+    store.claim("send", "w", 60)
+    store.fail(job_id, "w", f"peer refused {UID}")
+    clock.advance(100)
+    store.claim("send", "w", 60)
+    store.complete(job_id, "w")
+    shown = [record for record in caplog.records if record.levelno >= logging.INFO]
+    states = [record.getMessage().split(" -> ")[1].split()[0] for record in shown]
+    assert states == ["queued", "running", "queued", "running", "done"]
+    assert all(record.getMessage().startswith(f"job {job_id} send -> ") for record in shown)
+    assert not any(UID in record.getMessage() for record in shown)
+
+
+def test_backoff_doubles_up_to_the_cap() -> None:
+    expected = [30, 60, 120, 240, 480, 960, 1920, 3600, 3600]
+    assert [delay(n, 30, 3600, jitter_fraction=0.5) for n in range(1, 10)] == expected  # no rng: no jitter
+    assert delay(10_000, 30, 3600) == 3600  # no overflow however many attempts
+    assert delay(3, 0, 0) == 0
+
+
+def test_backoff_jitter_is_bounded_and_reproducible() -> None:
+    first = [delay(n, 10, 1000, 0.2, random.Random(7)) for n in range(1, 12)]
+    assert first == [delay(n, 10, 1000, 0.2, random.Random(7)) for n in range(1, 12)]
+    rng = random.Random(1)
+    for n in range(1, 12):
+        base = min(1000.0, 10.0 * 2 ** (n - 1))
+        for _ in range(50):
+            assert 0.8 * base <= delay(n, 10, 1000, 0.2, rng) <= min(1000.0, 1.2 * base)
+    assert len({delay(1, 10, 1000, 0.2, rng) for _ in range(20)}) > 1
+
+
+@pytest.mark.parametrize(
+    ("attempt", "initial", "maximum", "jitter"),
+    [(0, 1, 10, 0.1), (1, -1, 10, 0.1), (1, 20, 10, 0.1), (1, 1, 10, 1.5), (1, 1, 10, -0.1)],
+)
+def test_backoff_rejects_bad_arguments(attempt: int, initial: float, maximum: float, jitter: float) -> None:
+    with pytest.raises(ValueError):
+        delay(attempt, initial, maximum, jitter)
