@@ -74,7 +74,13 @@ def ellipsoid_slice(
     return inside, soft
 
 
-def place_nodules(rng: np.random.Generator, anatomy: Anatomy, count: int, z_range: tuple[float, float]) -> list[Nodule]:
+def place_nodules(
+    rng: np.random.Generator,
+    anatomy: Anatomy,
+    count: int,
+    z_range: tuple[float, float],
+    vessel_attached: float = 0.3,
+) -> list[Nodule]:
     """Nodules inside the lungs and inside the scanned range, not overlapping each other."""
     placed: list[Nodule] = []
     x, y = anatomy._grid()
@@ -109,7 +115,7 @@ def place_nodules(rng: np.random.Generator, anatomy: Anatomy, count: int, z_rang
                 candidates, attached = ring_pts, "pleura"
         j, i = candidates[int(rng.integers(0, len(candidates)))]
         cx, cy = float(x[j, i]), float(y[j, i])
-        if attached == "none" and rng.random() < 0.3:
+        if attached == "none" and rng.random() < vessel_attached:
             near = anatomy.vessels[(np.abs(anatomy.vessels[:, 2] - z) < 2) & (anatomy.vessels[:, 3] > 1.5)]
             if len(near):
                 vx, vy, _vz, vr = near[int(rng.integers(0, len(near)))]
@@ -117,7 +123,11 @@ def place_nodules(rng: np.random.Generator, anatomy: Anatomy, count: int, z_rang
                 tx, ty = vx + (vr + r) * math.cos(ang), vy + (vr + r) * math.sin(ang)
                 jj = int(round((ty - anatomy.y0) / anatomy.pixel_spacing))
                 ii = int(round((tx - anatomy.x0) / anatomy.pixel_spacing))
-                if 0 <= jj < core.shape[0] and 0 <= ii < core.shape[1] and core[jj, ii]:
+                # Touching, not swallowed: no other part of the tree may reach deep into the nodule
+                # (a point further along the same vessel would otherwise put the nodule inside it).
+                gap = np.linalg.norm(anatomy.vessels[:, :3] - np.array([tx, ty, z]), axis=1) - anatomy.vessels[:, 3]
+                inside_lung = 0 <= jj < core.shape[0] and 0 <= ii < core.shape[1] and core[jj, ii]
+                if inside_lung and gap.min() >= 0.8 * r:
                     cx, cy, attached = float(tx), float(ty), "vessel"
         if any(math.dist((cx, cy, z), n.centre_mm) < max(axes) + max(n.semi_axes_mm) + 4 for n in placed):
             continue

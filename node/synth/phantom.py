@@ -244,11 +244,13 @@ def make_anatomy(
     rows: int = 512,
     columns: int = 512,
     nodules: int | None = None,
+    vessel_attached: float = 0.3,
 ) -> tuple[Anatomy, float, float]:
     """Draw a patient from ``seed``; return it with the slice spacing and the first slice's z.
 
     Pixel spacing (0.68-0.86 mm) and slice spacing (0.8-2.0 mm, unless given) vary with the seed. The
-    scan range is centred on the lungs, so a short series covers the mid chest.
+    scan range is centred on the lungs, so a short series covers the mid chest. ``vessel_attached`` is
+    the chance that a nodule is placed touching a vessel (training asks for more of these hard cases).
     """
     rng = np.random.default_rng(seed)
     ps = float(rng.uniform(0.68, 0.86)) * 512 / max(rows, columns)
@@ -303,7 +305,7 @@ def make_anatomy(
     first_z = z_centre - (slices - 1) * spacing / 2
     z_range = (first_z, first_z + (slices - 1) * spacing)
     count = int(rng.integers(0, 7)) if nodules is None else nodules
-    anatomy.nodules = place_nodules(rng, anatomy, count, z_range)
+    anatomy.nodules = place_nodules(rng, anatomy, count, z_range, vessel_attached)
     return anatomy, spacing, first_z
 
 

@@ -37,3 +37,20 @@ def test_nodule_truth_matches_label_volume() -> None:
             box = p.labels[max(0, k - rz) : k + rz + 1, j - r : j + r + 1, i - r : i + r + 1]
             voxels = (box == NODULE).sum() * p.pixel_spacing**2 * p.slice_spacing
             assert abs(voxels - nodule.volume_mm3) / nodule.volume_mm3 < 0.15
+
+
+def test_vessel_attached_nodules_touch_but_do_not_swallow_a_vessel() -> None:
+    from node.synth.phantom import make_anatomy
+
+    checked = 0
+    for seed in range(40, 46):
+        anatomy, _, _ = make_anatomy(seed, slices=200, nodules=8, vessel_attached=1.0)
+        for nodule in anatomy.nodules:
+            if nodule.attached != "vessel":
+                continue
+            gap = np.linalg.norm(anatomy.vessels[:, :3] - np.array(nodule.centre_mm), axis=1) - anatomy.vessels[:, 3]
+            radius = max(nodule.semi_axes_mm)
+            # touching: in-plane tangent to a vessel point at most 2 mm away along z
+            assert 0.8 * radius <= gap.min() <= radius + 2.0
+            checked += 1
+    assert checked >= 5
