@@ -30,7 +30,7 @@ sys.path.insert(0, str(HERE.parents[1]))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from node.analyse.card import load_card  # noqa: E402
+from node.analyse.card import load_card, replace_table  # noqa: E402
 from node.analyse.preprocess import labels_to_model, plan_2d, to_model  # noqa: E402
 from node.synth.phantom import make_anatomy  # noqa: E402
 
@@ -221,12 +221,7 @@ def main() -> int:
     }
     # json.dumps writes strings and numbers the way TOML reads them.
     training = "[training]\n" + "".join(f"{key} = {json.dumps(value)}\n" for key, value in facts.items())
-    # Replace the [training] table (up to the next table or the end), or add it before [evaluation].
-    if re.search(r"^\[training\]$", text, flags=re.M):
-        text = re.sub(r"^\[training\]\n(?:[^\[].*\n?)*", training + "\n", text, count=1, flags=re.M)
-    else:
-        text = text.rstrip("\n") + "\n\n" + training
-    card_path.write_text(text.rstrip("\n") + "\n", encoding="utf-8")
+    card_path.write_text(replace_table(text, "training", training), encoding="utf-8")
     print(
         f"wrote {onnx_path} ({onnx_path.stat().st_size / 1e6:.1f} MB, sha256 {digest[:12]}...), "
         f"{args.steps} steps in {time.monotonic() - start:.0f} s; card updated",

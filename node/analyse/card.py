@@ -8,6 +8,7 @@ and refuses a mismatch.
 from __future__ import annotations
 
 import hashlib
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
@@ -209,6 +210,22 @@ def parse_card(text: str, source: str = "model.toml", directory: Path | None = N
         return ModelCard.model_validate({**data, "directory": directory})
     except ValidationError as exc:
         raise ConfigError(format_validation_error(source, exc)) from exc
+
+
+def replace_table(text: str, table: str, body: str) -> str:
+    """Card text with ``[table]`` replaced by ``body`` (a whole table, header included), or appended.
+
+    Used by the training script and ``models evaluate --write-card``: the rest of the card, comments
+    included, stays as the author wrote it.
+    """
+    # The table runs from its header to the next header: lines not starting with "[", or blank ones.
+    pattern = re.compile(rf"^\[{re.escape(table)}\]\n(?:[^\[\n].*\n?|\n)*", flags=re.M)
+    block = body.rstrip("\n") + "\n"
+    if pattern.search(text):
+        replaced = pattern.sub(lambda _: block + "\n", text, count=1)
+    else:
+        replaced = text.rstrip("\n") + "\n\n" + block
+    return replaced.rstrip("\n") + "\n"
 
 
 def sha256_of(path: Path) -> str:

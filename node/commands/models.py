@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 
-from node.analyse.card import find_card, load_card
+from node.analyse.card import find_card, load_card, replace_table
 from node.analyse.evaluate import HELD_OUT_SEED, Report, evaluate, format_report
 from node.analyse.runtime import Model
 from node.commands.output import say
@@ -97,8 +96,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.write_card:
         assert card.directory is not None
         path = card.directory / "model.toml"
-        text = path.read_text(encoding="utf-8")
-        text = re.sub(r"\n\[evaluation\]\n(?:[^\[].*\n?)*", "\n", text).rstrip("\n") + "\n\n"
-        path.write_text(text + _card_section(report), encoding="utf-8")
+        text = replace_table(path.read_text(encoding="utf-8"), "evaluation", _card_section(report))
+        path.write_text(text, encoding="utf-8")
         print(f"figures recorded in {path}")
     return 0

@@ -46,3 +46,14 @@ def test_not_toml_and_unknown_model(tmp_path: Path) -> None:
         parse_card("[model", "bad.toml")
     with pytest.raises(ConfigError, match=r"model 'nope' not found.*known models"):
         find_card("nope", tmp_path)
+
+
+def test_replace_table_keeps_the_rest_of_the_card() -> None:
+    from node.analyse.card import replace_table
+
+    text = '[model]\nname = "x"\n\n[training]\nsteps = 1\n\n[evaluation]\nf1 = 0.5\n\n[other]\na = 1\n'
+    out = replace_table(text, "training", "[training]\nsteps = 2\n")
+    assert "steps = 2" in out and "steps = 1" not in out and "[evaluation]\nf1 = 0.5" in out and "[other]" in out
+    out = replace_table(out, "evaluation", "[evaluation]\nf1 = 0.9\n")
+    assert "f1 = 0.9" in out and "f1 = 0.5" not in out and "[training]\nsteps = 2" in out and "a = 1" in out
+    assert replace_table('[model]\nname = "x"\n', "evaluation", "[evaluation]\nf1 = 1\n").endswith("[evaluation]\nf1 = 1\n")
