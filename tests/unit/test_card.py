@@ -56,4 +56,5 @@ def test_replace_table_keeps_the_rest_of_the_card() -> None:
     assert "steps = 2" in out and "steps = 1" not in out and "[evaluation]\nf1 = 0.5" in out and "[other]" in out
     out = replace_table(out, "evaluation", "[evaluation]\nf1 = 0.9\n")
     assert "f1 = 0.9" in out and "f1 = 0.5" not in out and "[training]\nsteps = 2" in out and "a = 1" in out
-    assert replace_table('[model]\nname = "x"\n', "evaluation", "[evaluation]\nf1 = 1\n").endswith("[evaluation]\nf1 = 1\n")
+    added = replace_table('[model]\nname = "x"\n', "evaluation", "[evaluation]\nf1 = 1\n")
+    assert added.endswith('name = "x"\n\n[evaluation]\nf1 = 1\n')
