@@ -102,6 +102,23 @@ def _sop_number(path: Path) -> int:
     return int(path.name.removesuffix(".dcm").rsplit(".", 1)[1])
 
 
+def _wait_for_rows(db: Path, count: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if db.exists():
+            try:
+                conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1.0)
+                try:
+                    if conn.execute("SELECT count(*) FROM instances").fetchone()[0] >= count:
+                        return
+                finally:
+                    conn.close()
+            except sqlite3.OperationalError:
+                pass  # schema not created yet, or busy: look again
+        time.sleep(0.01)
+    raise AssertionError(f"the child committed fewer than {count} instances in {timeout:.0f} s")
+
+
 def test_sigkill_at_random_moments_leaves_spool_and_index_consistent(tmp_path: Path) -> None:
     make = _expected()
     rng = random.Random(20240611)
@@ -117,7 +134,10 @@ def test_sigkill_at_random_moments_leaves_spool_and_index_consistent(tmp_path: P
         )
         assert child.stdout is not None
         assert child.stdout.readline().strip() == b"ready"
-        time.sleep(rng.uniform(0.05, 0.4))
+        # Kill at a random moment once this round has committed something (a loaded machine can take
+        # longer than any fixed delay to get the child going).
+        _wait_for_rows(tmp_path / "index.db", rows_seen + 1)
+        time.sleep(rng.uniform(0.0, 0.3))
         os.kill(child.pid, signal.SIGKILL)
         assert child.wait(timeout=10) == -signal.SIGKILL
 
