@@ -38,6 +38,7 @@ from node.jobs.types import (
     LeaseLostError,
     job_from_row,
 )
+from node.sqlite import immediate_transaction
 
 log = logging.getLogger(__name__)
 
@@ -150,19 +151,10 @@ class JobStore:
         process before it writes: this is what makes claim, dedup and the ownership checks atomic.
         """
         self._check_process()
-        with self._lock:
-            try:
-                self._conn.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self._conn
-                except BaseException:
-                    self._conn.execute("ROLLBACK")
-                    raise
-                self._conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise JobStoreError(f"job store {self.path}: {exc}") from exc
+        with immediate_transaction(
+            self._conn, self._lock, lambda exc: JobStoreError(f"job store {self.path}: {exc}")
+        ) as conn:
+            yield conn
 
     def _check_process(self) -> None:
         # SQLite forbids using a connection opened before fork in the child: it can corrupt the file.

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from node.sqlite import immediate_transaction
 from node.store.spool import StoreError
 
 log = logging.getLogger(__name__)
@@ -181,19 +182,10 @@ class Index:
         BEGIN IMMEDIATE takes the write lock up front, so another process cannot make this transaction
         fail half-way with SQLITE_BUSY on its first write.
         """
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self._db
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-                self._db.execute("COMMIT")
-            except sqlite3.Error as error:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise IndexDatabaseError(f"cannot write the index {self.path}: {error}") from error
+        with immediate_transaction(
+            self._db, self._lock, lambda exc: IndexDatabaseError(f"cannot write the index {self.path}: {exc}")
+        ) as conn:
+            yield conn
 
     def _read(self, sql: str, params: tuple[object, ...] = ()) -> list[Any]:
         with self._lock:

@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 NODE = Path(__file__).resolve().parents[2] / "node"
-SHARED = {"config", "errors", "logs", "paths", "validation", "dicom", "__init__"}
+SHARED = {"config", "errors", "logs", "paths", "validation", "sqlite", "dicom", "__init__"}
 # Stages in the direction of the data; "synth" (test data) may be used by analysis (evaluation) only.
 ORDER = ["receive", "store", "jobs", "synth", "routing", "analyse", "encode", "send", "web"]
 TOP = {"cli", "commands", "app", "__main__"}  # composition and command line: may import anything
