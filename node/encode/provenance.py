@@ -19,6 +19,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import metadata
+from typing import TypedDict
 
 import highdicom as hd
 from pydicom.dataset import Dataset
@@ -52,6 +53,16 @@ def _hostname() -> str:
     return (platform.node() or "unknown")[:_LO_MAX]
 
 
+class EquipmentKwargs(TypedDict):
+    """Keyword arguments of the General Equipment module, as highdicom's constructors name them."""
+
+    manufacturer: str
+    manufacturer_model_name: str
+    software_versions: str
+    device_serial_number: str
+    institution_name: str | None
+
+
 @dataclass(frozen=True)
 class Equipment:
     """The node as the equipment that creates result instances (General Equipment module)."""
@@ -61,6 +72,16 @@ class Equipment:
     software_version: str = field(default_factory=_node_version)
     serial_number: str = field(default_factory=_hostname)
     institution_name: str | None = None
+
+    def highdicom_kwargs(self) -> EquipmentKwargs:
+        """The General Equipment arguments every highdicom SOP class constructor takes, by their names."""
+        return {
+            "manufacturer": self.manufacturer,
+            "manufacturer_model_name": self.model_name,
+            "software_versions": self.software_version,
+            "device_serial_number": self.serial_number,
+            "institution_name": self.institution_name,
+        }
 
 
 def coded(code: Code) -> hd.sr.CodedConcept:

@@ -104,11 +104,7 @@ def build_sc(
                 series_number=series_number,
                 sop_instance_uid=generate_uid(prefix=None),
                 instance_number=number,
-                manufacturer=equipment.manufacturer,
-                manufacturer_model_name=equipment.model_name,
-                software_versions=equipment.software_version,
-                device_serial_number=equipment.serial_number,
-                institution_name=equipment.institution_name,
+                **equipment.highdicom_kwargs(),
                 # highdicom annotates this as ints; spacing in mm is of course fractional.
                 pixel_spacing=(float(volume.spacing[1]), float(volume.spacing[2])),  # type: ignore[arg-type]
                 patient_orientation=patient_orientation(volume),

@@ -143,14 +143,10 @@ def build_seg(
             series_number=series_number,
             sop_instance_uid=generate_uid(prefix=None),
             instance_number=instance_number,
-            manufacturer=equipment.manufacturer,
-            manufacturer_model_name=equipment.model_name,
-            software_versions=equipment.software_version,
-            device_serial_number=equipment.serial_number,
             content_label="AI_SEGMENTATION",
             content_description=description,
             series_description=f"AI SEG {description}"[:_LO_MAX],
-            institution_name=equipment.institution_name,
+            **equipment.highdicom_kwargs(),
             omit_empty_frames=True,
         )
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
