@@ -199,13 +199,16 @@ class JobStore:
         dedup_key: str | None = None,
         priority: int = 0,
         not_before: float | None = None,
+        once: bool = False,
     ) -> int:
         """Add a job, or find the live job that already does the same work.
 
         ``payload`` must be JSON-serialisable. If a queued or running job of this ``kind`` has the same
         ``dedup_key``, no job is added: that job's id is returned, and its priority is raised to
-        ``priority`` if it is lower and the job has not started yet. ``not_before`` is the earliest claim
-        time (clock seconds), now when ``None``.
+        ``priority`` if it is lower and the job has not started yet. With ``once``, a *done* job with the
+        same key also counts (idempotent work such as a send per SOP Instance UID and peer: what was
+        delivered is never delivered again). ``not_before`` is the earliest claim time (clock seconds),
+        now when ``None``.
         """
         if not kind:
             raise ValueError("a job needs a kind")
@@ -213,6 +216,13 @@ class JobStore:
         now = self._clock()
         with self._write() as conn:
             existing = None if dedup_key is None else self._live_duplicate(conn, kind, dedup_key)
+            if existing is None and once and dedup_key is not None:
+                row = conn.execute(
+                    "SELECT id FROM jobs WHERE kind = ? AND dedup_key = ? AND state = 'done'", (kind, dedup_key)
+                ).fetchone()
+                if row is not None:
+                    log.debug("job %d %s: already done, not enqueued again", row[0], kind)
+                    return int(row[0])
             if existing is not None:
                 conn.execute(
                     "UPDATE jobs SET priority = ? WHERE id = ? AND state = 'queued' AND priority < ?",

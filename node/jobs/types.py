@@ -108,6 +108,8 @@ SCHEMA = (
     "CREATE INDEX IF NOT EXISTS jobs_ready ON jobs (kind, priority DESC, id) WHERE state = 'queued'",
     "CREATE INDEX IF NOT EXISTS jobs_lease ON jobs (lease_expires) WHERE state = 'running'",
     "CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, kind)",
+    # enqueue(once=True) looks for a done job with the key.
+    "CREATE INDEX IF NOT EXISTS jobs_key ON jobs (kind, dedup_key) WHERE dedup_key IS NOT NULL",
 )
 
 COLUMNS = (

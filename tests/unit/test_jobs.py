@@ -104,6 +104,26 @@ def test_dedup_key_returns_the_live_job(store: JobStore) -> None:
     assert store.counts()[("send", JobState.QUEUED)] == 1
 
 
+def test_once_does_not_enqueue_work_already_done(store: JobStore) -> None:
+    first = store.enqueue("send", {"n": 1}, dedup_key="pacs|1.2.3", once=True)
+    job = store.claim("send", "w", 60)
+    assert job is not None and job.id == first
+    store.complete(first, "w")
+    assert store.enqueue("send", {"n": 1}, dedup_key="pacs|1.2.3", once=True) == first
+    assert store.claim("send", "w", 60) is None
+    # Without once, done work may be asked for again (a new job); another key is new work either way.
+    again = store.enqueue("send", {"n": 1}, dedup_key="pacs|1.2.3")
+    assert again != first
+    assert store.enqueue("send", {"n": 2}, dedup_key="archive|1.2.3", once=True) not in (first, again)
+
+
+def test_once_enqueues_again_after_a_dead_job(store: JobStore) -> None:
+    first = store.enqueue("send", {}, dedup_key="k", once=True)
+    assert store.claim("send", "w", 60) is not None
+    store.fail(first, "w", "peer refused", retry=False)
+    assert store.enqueue("send", {}, dedup_key="k", once=True) != first
+
+
 def test_expired_lease_goes_back_to_the_queue(store: JobStore, clock: Clock) -> None:
     job_id = store.enqueue("analyse", {"study": UID})
     assert store.claim("analyse", "w1", 30) is not None
