@@ -32,7 +32,7 @@ from node.store.spool import StoreError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _BUSY_TIMEOUT_MS = 10_000
 
 _SCHEMA = """
@@ -55,7 +55,8 @@ CREATE TABLE studies (
     last_received_at   REAL NOT NULL,
     last_activity_at   REAL NOT NULL,  -- last instance, touch or release of an association carrying it
     duplicates         INTEGER NOT NULL DEFAULT 0,
-    completed_at       REAL            -- NULL while the completion timer still watches the study
+    completed_at       REAL,           -- NULL while the completion timer still watches the study
+    watch_from         REAL            -- start of the current completion window (max wait counts from it)
 );
 CREATE INDEX studies_by_received ON studies (last_received_at);
 """
@@ -173,7 +174,9 @@ class Index:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         db.execute(statement)
-                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            elif version == 1:  # 1 -> 2: reopened studies get a completion window of their own
+                db.execute("ALTER TABLE studies ADD COLUMN watch_from REAL")
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -349,18 +352,34 @@ class Index:
         """Studies not yet complete that the completion timer may declare complete now.
 
         A study qualifies when no open association carries it and its last activity is at least
-        `quiet_seconds` old, or, whatever its associations do, when its first instance is at least
-        `max_wait_seconds` old (a stuck sender cannot hold a study forever).
+        `quiet_seconds` old, or, whatever its associations do, when its first instance (or, for a reopened
+        study, its reopening) is at least `max_wait_seconds` old (a stuck sender cannot hold a study forever).
         """
         rows = self._read(
-            "SELECT study_instance_uid, last_activity_at <= ?, first_received_at <= ? FROM studies"
-            " WHERE completed_at IS NULL AND (last_activity_at <= ? OR first_received_at <= ?)"
+            "SELECT study_instance_uid, last_activity_at <= ?, COALESCE(watch_from, first_received_at) <= ?"
+            " FROM studies WHERE completed_at IS NULL"
+            " AND (last_activity_at <= ? OR COALESCE(watch_from, first_received_at) <= ?)"
             " ORDER BY first_received_at",
             (now - quiet_seconds, now - max_wait_seconds, now - quiet_seconds, now - max_wait_seconds),
         )
         with self._lock:
             carried = set().union(*self._open.values()) if self._open else set()
         return [str(study) for study, quiet, capped in rows if capped or (quiet and study not in carried)]
+
+    def reopen_study(self, study_instance_uid: str, now: float) -> bool:
+        """Watch a completed study again (a late instance arrived); its max wait counts from `now`.
+
+        Returns whether the study was complete (and is now reopened).
+        """
+        with self._write() as db:
+            changed = db.execute(
+                "UPDATE studies SET completed_at = NULL, watch_from = ?, last_activity_at = MAX(last_activity_at, ?)"
+                " WHERE study_instance_uid = ? AND completed_at IS NOT NULL",
+                (now, now, study_instance_uid),
+            ).rowcount
+        if changed:
+            log.info("study reopened by a late instance")
+        return bool(changed)
 
     def mark_complete(self, study_instance_uid: str, now: float) -> None:
         with self._write() as db:

@@ -232,7 +232,7 @@ def test_index_is_wal_with_full_sync_and_a_schema_version(tmp_path: Path) -> Non
     index.close()
     db = sqlite3.connect(tmp_path / "index.db")
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"  # persistent in the file
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
     db.close()
     Index(tmp_path / "index.db").close()  # reopening keeps the schema
 
@@ -340,7 +340,32 @@ def test_quiet_studies_follow_associations_quiet_period_and_max_wait(tmp_path: P
     summary = index.study_summary("7.1")
     assert summary is not None and summary.completed_at == 600.0
     # A late instance is flagged so the caller can apply its late-instance policy.
+    clock.now = 10_000.0
     assert record(index, "1.2", study="7.1").late
+    # Reopened, the study gets a window of its own: quiet period again, max wait from the reopening.
+    assert index.reopen_study("7.1", 10_000.0) and not index.reopen_study("7.1", 10_000.0)
+    assert index.quiet_studies(10_010.0, 30, 600) == []
+    index.association_carried("b", "7.1")  # still open: only the cap can end it
+    assert index.quiet_studies(10_599.0, 30, 600) == []
+    assert index.quiet_studies(10_600.0, 30, 600) == ["7.1"]
+
+
+def test_a_version_1_index_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "index.db"
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE instances (sop_instance_uid TEXT PRIMARY KEY, study_instance_uid TEXT, series_instance_uid"
+        " TEXT, sop_class_uid TEXT, transfer_syntax_uid TEXT, path TEXT, size INTEGER, calling_ae TEXT,"
+        " received_at REAL, association_id TEXT);"
+        "CREATE TABLE studies (study_instance_uid TEXT PRIMARY KEY, first_received_at REAL NOT NULL,"
+        " last_received_at REAL NOT NULL, last_activity_at REAL NOT NULL, duplicates INTEGER NOT NULL DEFAULT 0,"
+        " completed_at REAL); PRAGMA user_version = 1;"
+    )
+    db.close()
+    index = Index(path, clock=Clock(0.0))
+    record(index, "1.1", study="7.1")
+    assert index.quiet_studies(100.0, 30, 600) == ["7.1"]
+    assert index.journal_mode() == "wal"
 
 
 def test_quiet_studies_survive_a_restart_without_stale_associations(tmp_path: Path) -> None:
