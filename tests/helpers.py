@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
 from node.analyse.types import Volume
 
@@ -116,3 +118,42 @@ findings = true
 rules = [{{ label = "Bright", min_diameter_mm = 6.0, priority = "HIGH" }}]
 {extra}
 """
+
+
+def tiny_ct(study: str, series: str, sop: str, *, index: int = 0, size: int = 16) -> Dataset:
+    """A small valid CT Image Storage dataset (no patient data) with its file meta, for network tests."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = sop
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = sop
+    ds.StudyInstanceUID = study
+    ds.SeriesInstanceUID = series
+    ds.FrameOfReferenceUID = study + ".9"
+    ds.PatientName = "Phantom^Tiny"
+    ds.PatientID = "PHANTOM"
+    ds.Modality = "CT"
+    ds.InstanceNumber = index + 1
+    ds.ImagePositionPatient = [0.0, 0.0, float(index)]
+    ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    ds.PixelSpacing = [1.0, 1.0]
+    ds.SliceThickness = 1.0
+    ds.Rows = ds.Columns = size
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    ds.RescaleIntercept, ds.RescaleSlope = 0, 1
+    ds.PixelData = (np.arange(size * size, dtype=np.int16) + index).tobytes()
+    return ds
+
+
+def node_toml(data_dir: Path, port: int, *, peers: str = "", extra: str = "", ae_title: str = "PACSNODE") -> str:
+    """A node config for tests: 127.0.0.1:port, no disk floor, a scanner peer STORESCU unless ``peers``."""
+    peers = peers or '[[peers]]\nname = "scanner"\nae_title = "STORESCU"\nallow_store = true\n'
+    return (
+        f'[node]\nae_title = "{ae_title}"\nbind = "127.0.0.1"\nport = {port}\ndata_dir = "{data_dir}"\n'
+        f"[limits]\nmin_free_disk_mb = 0\nacse_timeout_s = 5\ndimse_timeout_s = 10\nnetwork_timeout_s = 10\n"
+        f"{extra}\n{peers}"
+    )

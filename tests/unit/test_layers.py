@@ -7,8 +7,10 @@ from pathlib import Path
 
 NODE = Path(__file__).resolve().parents[2] / "node"
 SHARED = {"config", "errors", "logs", "paths", "validation", "sqlite", "dicom", "__init__"}
-# Stages in the direction of the data; "synth" (test data) may be used by analysis (evaluation) only.
-ORDER = ["receive", "store", "jobs", "synth", "routing", "analyse", "encode", "send", "web"]
+# Stages in the order they may depend on each other. "store" comes first: the receiver's handler writes
+# through it. "synth" (test data) may be used by analysis (evaluation) only. "worker" runs analyse and
+# encode and enqueues sends; "web" shows everything.
+ORDER = ["store", "receive", "jobs", "synth", "routing", "analyse", "encode", "send", "worker", "web"]
 TOP = {"cli", "commands", "app", "__main__"}  # composition and command line: may import anything
 
 
