@@ -34,3 +34,8 @@ def setup(level: str = "INFO", stream: object = None) -> None:
     root.setLevel(level.upper())
     # pynetdicom logs every PDU at DEBUG; that costs throughput and fills disks.
     logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, root.level))
+    # A peer that is down makes pynetdicom's transport log two ERROR lines per attempt; the sender reports
+    # each failed attempt itself, once, with the peer's name.
+    logging.getLogger("pynetdicom.transport").setLevel(logging.CRITICAL)
+    # highdicom logs every copied module with the source's SOP Instance UID at INFO.
+    logging.getLogger("highdicom").setLevel(max(logging.WARNING, root.level))
