@@ -1,5 +1,6 @@
 # One command runs the node, one runs the tests; both create .venv and install into it first.
-#   make run    generate a demo phantom series and analyse it (SEG + SR into demo/results)
+#   make run    start the node (pacs-node serve) with config/node.toml: DICOM on 127.0.0.1:11112, AE PACSNODE
+#   make demo   generate a demo phantom series and analyse it offline (SEG + SR into demo/results)
 #   make test   the whole test suite (unit, integration, interop with dciodvfy/DCMTK)
 #   make lint   ruff + mypy --strict on node/
 #   make train  retrain models/lung-nodule-ct (needs the 'train' extra: torch 2.13.0 CPU)
@@ -9,7 +10,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-test
 
-.PHONY: run test lint train evaluate bench clean
+.PHONY: run demo test lint train evaluate bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is needed (found " + sys.version.split()[0] + ")")'
@@ -19,6 +20,10 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 run: $(STAMP)
+	$(VENV)/bin/pacs-node check-config config/node.toml
+	$(VENV)/bin/pacs-node serve --config config/node.toml
+
+demo: $(STAMP)
 	$(VENV)/bin/pacs-node synth ct --out demo/ct --slices 120 --seed 7
 	$(VENV)/bin/pacs-node analyse demo/ct --out demo/results
 
@@ -39,6 +44,7 @@ evaluate: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/analyse.py
+	$(PY) bench/ingest.py
 
 clean:
 	rm -rf $(VENV) demo build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from node import __version__, logs
-from node.commands import analyse, models, synth
+from node.commands import analyse, echo, jobs, models, send, serve, synth
 from node.commands import config as check_config
 from node.errors import NodeError
 
@@ -27,9 +27,18 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run 'pacs-node COMMAND --help' for each command's options.",
     )
     parser.add_argument("--version", action="version", version=f"pacs-node {__version__}")
-    parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default) or ERROR")
+    parser.add_argument(
+        "--log-level",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        type=str.upper,
+        help="DEBUG, INFO, WARNING or ERROR (default: WARNING; serve and worker: the config's [logging] level)",
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve.add_parsers(sub)
+    jobs.add_parsers(sub)
+    echo.add_parser(sub)
+    send.add_parser(sub)
     analyse.add_parser(sub)
     synth.add_parser(sub)
     models.add_parser(sub)
@@ -40,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logs.setup(args.log_level)
+    logs.setup(args.log_level or "WARNING")
     try:
         code: int = args.func(args)
         return code

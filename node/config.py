@@ -212,6 +212,7 @@ class Limits(_Section):
     network_timeout_s: Seconds = 60.0
     max_pdu: Annotated[int, _check(lambda v: v == 0 or 4096 <= v < 2**32, _PDU)] = 0
     min_free_disk_mb: Annotated[int, _between(0, 2**40)] = 1024
+    drain_timeout_s: Seconds = 30.0
 
 
 class Completion(_Section):

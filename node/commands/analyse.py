@@ -14,6 +14,7 @@ from node.analyse.types import AnalysisResult
 from node.analyse.volume import group_by_series, load_series
 from node.commands.output import progress_bar, say
 from node.encode import encode_results, write_datasets
+from node.encode.findings import findings_json
 from node.errors import InputError
 
 
@@ -48,26 +49,6 @@ def _summary(result: AnalysisResult, seconds: float) -> list[str]:
     return lines
 
 
-def _findings_json(result: AnalysisResult, files: list[Path]) -> dict[str, object]:
-    return {
-        "series_instance_uid": result.volume.series_instance_uid,
-        "priority": str(result.priority),
-        "priority_reason": result.priority_reason,
-        "findings": [
-            {
-                "label": f.label_name,
-                "number": f.number,
-                "volume_mm3": round(f.volume_mm3, 2),
-                "longest_axial_diameter_mm": round(f.longest_axial_diameter_mm, 2),
-                "centroid_mm": [round(c, 2) for c in f.centroid_mm],
-                "mean_value": round(f.mean_value, 1),
-            }
-            for f in result.findings
-        ],
-        "files": [p.name for p in files],
-    }
-
-
 def run(args: argparse.Namespace) -> int:
     if not args.in_dir.exists():
         raise InputError(f"{args.in_dir}: no such file or folder")
@@ -100,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         out_dir = args.out / uid
         paths_out = write_datasets(datasets, out_dir)
         summary_path = out_dir / "findings.json"
-        summary_path.write_text(json.dumps(_findings_json(result, paths_out), indent=2) + "\n", encoding="utf-8")
+        summary_path.write_text(json.dumps(findings_json(result, paths_out), indent=2) + "\n", encoding="utf-8")
         for line in _summary(result, time.monotonic() - started):
             print(line)
         for path in [*paths_out, summary_path]:

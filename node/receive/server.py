@@ -94,7 +94,8 @@ class Receiver:
         self.policy.log_rejection(calling, called, address, reason)
 
     def active_associations(self) -> int:
-        return len([a for a in self.ae.active_associations if a.is_acceptor])
+        """Established associations of peers (a connection still negotiating, or a port probe, is not one)."""
+        return len([a for a in self.ae.active_associations if a.is_acceptor and a.is_established])
 
     def stop_listening(self) -> None:
         """Close the listening socket; associations already open go on."""
@@ -108,12 +109,13 @@ class Receiver:
         end = time.monotonic() + deadline_s
         while self.active_associations() and time.monotonic() < end:
             time.sleep(0.1)
-        remaining = [a for a in self.ae.active_associations if a.is_acceptor]
-        for assoc in remaining:
+        acceptors = [a for a in self.ae.active_associations if a.is_acceptor]
+        remaining = sum(1 for a in acceptors if a.is_established)
+        for assoc in acceptors:  # established ones past the deadline, and connections that never negotiated
             assoc.abort()
         if remaining:
-            log.warning("aborted %d associations still open after the %.0f s drain", len(remaining), deadline_s)
-        return len(remaining)
+            log.warning("aborted %d associations still open after the %.0f s drain", remaining, deadline_s)
+        return remaining
 
     def stop(self, deadline_s: float = 0.0) -> None:
         self.stop_listening()

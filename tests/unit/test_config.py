@@ -246,7 +246,7 @@ def test_every_problem_is_reported_at_once() -> None:
         f"site.toml: node.ae_title: 'A\\B' contains a backslash; {AE_RULE}",
         "site.toml: node.port: must be 1..65535, not 0",
         "site.toml: limits.max_pdus: unknown key (allowed here: max_associations, acse_timeout_s, dimse_timeout_s, "
-        "network_timeout_s, max_pdu, min_free_disk_mb)",
+        "network_timeout_s, max_pdu, min_free_disk_mb, drain_timeout_s)",
         "site.toml: workers.count: must be 0..64, not -1",
     ]
 

@@ -1,0 +1,256 @@
+"""Composition root: builds every stage of ``serve`` and ``worker`` from the config. Read this first.
+
+``pacs-node serve`` (one process)::
+
+    Receiver (pynetdicom SCP, a thread per association)
+        └─ StoreHandler ──▶ Spool (fsync + rename) + Index (SQLite WAL)           DESIGN §4.1
+    CompletionTimer (thread) ──▶ Router.study_complete ──▶ JobStore: "analyse" jobs
+    WorkerPool: N × ``pacs-node worker`` processes ──▶ results in outbox/ + "send:<peer>" jobs
+    Sender (threads per peer) ──▶ C-STORE to the PACS, retried with backoff, parked when dead
+    Maintenance (thread): expired leases back to the queue, status.json for ``pacs-node status``
+
+The job store (``jobs.sqlite3``) is the only channel between the processes. SIGTERM drains: stop
+listening, give open associations ``limits.drain_timeout_s`` to finish, stop the workers (each releases
+its job), let the senders finish the instance in flight; a restart resumes from the rows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+
+from node.analyse.card import find_card
+from node.analyse.runtime import Model
+from node.config import NodeConfig
+from node.errors import NodeError
+from node.jobs import JobStore
+from node.receive import Receiver, StoreHandler
+from node.routing import Router
+from node.send import Sender, sender_job_store
+from node.store import DiskGuard, Index, Spool, free_mb
+from node.store.completion import CompletionTimer
+from node.worker import Worker
+
+log = logging.getLogger(__name__)
+
+STATUS_FILE = "status.json"  # read by pacs-node status (node.commands.jobs)
+
+
+def analysis_job_store(config: NodeConfig) -> JobStore:
+    """The job store with the workers' retry settings (the sender opens its own with its settings)."""
+    w = config.workers
+    return JobStore(
+        config.node.jobs_path,
+        max_attempts=w.max_attempts,
+        backoff_initial=w.backoff_initial_s,
+        backoff_max=w.backoff_max_s,
+    )
+
+
+def prepare_data_dir(config: NodeConfig) -> None:
+    """Create the data folders; a clear error if the data dir cannot be used."""
+    node = config.node
+    try:
+        for folder in (node.data_dir, node.spool_dir, node.outbox_dir, node.log_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise NodeError(f"node.data_dir {node.data_dir}: cannot create its folders: {exc.strerror}") from None
+
+
+class WorkerPool:
+    """``count`` worker processes, restarted when one dies (after a pause, so a crash loop stays slow)."""
+
+    def __init__(self, command: list[str], count: int, restart_delay_s: float = 5.0) -> None:
+        self.command = command
+        self.count = count
+        self.restart_delay_s = restart_delay_s
+        self._procs: list[subprocess.Popen[bytes] | None] = [None] * count
+        self._died_at: list[float] = [0.0] * count
+
+    def start(self) -> None:
+        for slot in range(self.count):
+            self._spawn(slot)
+
+    def _spawn(self, slot: int) -> None:
+        self._procs[slot] = subprocess.Popen(self.command, stdin=subprocess.DEVNULL)
+        log.info("worker %d started (pid %d)", slot + 1, self._procs[slot].pid)  # type: ignore[union-attr]
+
+    def supervise(self) -> None:
+        """Restart workers that exited; call periodically."""
+        now = time.monotonic()
+        for slot, proc in enumerate(self._procs):
+            if proc is None or proc.poll() is None:
+                continue
+            if not self._died_at[slot]:
+                self._died_at[slot] = now
+                log.warning(
+                    "worker %d (pid %d) exited with code %s; restarting it", slot + 1, proc.pid, proc.returncode
+                )
+            if now - self._died_at[slot] >= self.restart_delay_s:
+                self._died_at[slot] = 0.0
+                self._spawn(slot)
+
+    def alive(self) -> int:
+        return sum(1 for p in self._procs if p is not None and p.poll() is None)
+
+    def stop(self, deadline_s: float) -> None:
+        """SIGTERM every worker (each releases its job), SIGKILL what is left after the deadline."""
+        procs = [p for p in self._procs if p is not None and p.poll() is None]
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        end = time.monotonic() + deadline_s
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(0.1, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning(
+                    "worker pid %d did not stop within %.0f s: killed (its lease expires)", proc.pid, deadline_s
+                )
+                proc.kill()
+                proc.wait()
+
+
+def stop_on_signals(stop: threading.Event) -> None:
+    """SIGTERM and SIGINT set ``stop``; a second one exits at once."""
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():
+            log.warning("second %s: exiting without draining", signal.Signals(signum).name)
+            os._exit(1)
+        log.info("%s: draining", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+
+
+class NodeService:
+    """Everything ``serve`` runs, built from the config; :meth:`run` until ``stop`` is set, then drain."""
+
+    def __init__(self, config: NodeConfig, config_path: Path, *, log_level: str = "INFO") -> None:
+        self.config = config
+        self.stop = threading.Event()
+        prepare_data_dir(config)
+        node = config.node
+        self.spool = Spool(node.spool_dir)
+        self.spool.cleanup_temp()  # before any association: no write is in progress yet
+        self.index = Index(node.index_path)
+        self.jobs = analysis_job_store(config)
+        self.send_jobs = sender_job_store(config)
+        self.router = Router(config, self.index, self.jobs)
+        guard = DiskGuard(node.data_dir, config.limits.min_free_disk_mb)
+        self.handler = StoreHandler(
+            self.spool,
+            self.index,
+            guard,
+            keep_first=config.duplicates.policy == "keep-first",
+            reanalyse_late=config.completion.late_instances == "reanalyse",
+        )
+        self.receiver = Receiver(config, self.handler)
+        self.timer = CompletionTimer(self.index, config.completion, self.router.study_complete)
+        self.sender = Sender(config, self.send_jobs, self.stop)
+        command = [sys.executable, "-m", "node", "--log-level", log_level, "worker", "--config", str(config_path)]
+        self.workers = WorkerPool(command, config.workers.count)
+        self.started = time.time()
+
+    def run(self) -> None:
+        """Start every stage, supervise until ``stop``, then drain."""
+        expired = self.jobs.requeue_expired()
+        if expired:
+            log.info("%d jobs of a previous run taken back", expired)
+        self.receiver.start()
+        self.timer.start()
+        self.sender.start()
+        self.workers.start()
+        log.info("node ready: %s on %s:%d", self.config.node.ae_title, self.config.node.bind, self.receiver.port)
+        last_maintenance = 0.0
+        while not self.stop.wait(0.5):
+            self.workers.supervise()
+            if time.monotonic() - last_maintenance >= 5.0:
+                last_maintenance = time.monotonic()
+                self._maintain()
+        self.drain()
+
+    def _maintain(self) -> None:
+        try:
+            self.jobs.requeue_expired()
+            self.write_status()
+        except (NodeError, OSError) as exc:
+            log.warning("maintenance failed: %s", exc)
+
+    def write_status(self) -> None:
+        """``status.json`` in the data dir: what only this process knows (associations, workers)."""
+        data_dir = self.config.node.data_dir
+        status = {
+            "pid": os.getpid(),
+            "started": self.started,
+            "updated": time.time(),
+            "listening": f"{self.config.node.bind}:{self.receiver.port}",
+            "associations": self.receiver.active_associations(),
+            "workers_alive": self.workers.alive(),
+            "workers_configured": self.workers.count,
+            "free_mb": round(free_mb(data_dir), 1),
+        }
+        temp = data_dir / f".{STATUS_FILE}.tmp"
+        temp.write_text(json.dumps(status) + "\n", encoding="utf-8")
+        os.replace(temp, data_dir / STATUS_FILE)
+
+    def drain(self) -> None:
+        """Stop in the order that loses nothing; one INFO line with the time each step took."""
+        deadline = self.config.limits.drain_timeout_s
+        steps: list[str] = []
+        started = time.monotonic()
+
+        def step(name: str) -> None:
+            nonlocal started
+            steps.append(f"{name} {time.monotonic() - started:.1f} s")
+            started = time.monotonic()
+
+        self.receiver.stop_listening()
+        aborted = self.receiver.drain(deadline)
+        step("associations")
+        self.timer.stop()
+        self.workers.stop(deadline)
+        step("workers")
+        self.stop.set()
+        self.sender.join(deadline)
+        step("sender")
+        self.receiver.stop()
+        (self.config.node.data_dir / STATUS_FILE).unlink(missing_ok=True)
+        self.jobs.close()
+        self.send_jobs.close()
+        self.index.close()
+        log.info("node stopped (%s; %d associations aborted at the deadline)", ", ".join(steps), aborted)
+
+
+def load_models(config: NodeConfig) -> dict[str, Model]:
+    """Load (and checksum) every model in ``analysis.models``, with ``workers.threads`` threads each."""
+    models: dict[str, Model] = {}
+    for name in config.analysis.models:
+        card = find_card(name, config.analysis.models_dir)
+        models[name] = Model(card, threads=config.workers.threads)
+    return models
+
+
+def run_worker(config: NodeConfig) -> None:
+    """``pacs-node worker``: one analysis worker until SIGTERM (its job is released) or SIGINT."""
+    prepare_data_dir(config)
+    stop = threading.Event()
+    stop_on_signals(stop)
+    models = load_models(config)
+    jobs = analysis_job_store(config)
+    index = Index(config.node.index_path)
+    try:
+        jobs.requeue_expired()
+        Worker(config, jobs, index, models, stop).run()
+    finally:
+        jobs.close()
+        index.close()

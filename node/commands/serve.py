@@ -1,0 +1,64 @@
+"""``pacs-node serve`` and ``pacs-node worker``: the node's long-running processes."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from node import logs
+from node.app import NodeService, run_worker, stop_on_signals
+from node.commands.config import check_models
+from node.config import NodeConfig, load_config
+from node.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="run the node: DICOM receiver, completion, routing, sender and analysis workers",
+        description="Listen for DICOM associations (C-ECHO, C-STORE) as the config's node.ae_title on "
+        "node.bind:node.port, store every instance durably, analyse complete studies with the configured models "
+        "in [workers] count worker processes and send the SEG + SR results to the peers in "
+        "analysis.send_results_to. SIGTERM (systemctl stop) drains: no new associations, open ones get "
+        "limits.drain_timeout_s to finish, running jobs are given back; a restart resumes every queued job and "
+        "unsent result.",
+        epilog="example: pacs-node serve --config config/node.toml   (then: echoscu -aec PACSNODE 127.0.0.1 11112)",
+    )
+    p.add_argument("--config", type=Path, required=True, metavar="FILE", help="the node's TOML config file")
+    p.set_defaults(func=serve)
+    w = sub.add_parser(
+        "worker",
+        help="run one analysis worker process (when [workers] count = 0, e.g. under systemd)",
+        description="Claim 'analyse' jobs from the job store in node.data_dir, run the models on the study's "
+        "series, write SEG + SR into the outbox and queue their sends. Runs beside 'serve' (same config, same "
+        "data dir). SIGTERM gives the running job back and exits.",
+        epilog="example: pacs-node worker --config config/node.toml",
+    )
+    w.add_argument("--config", type=Path, required=True, metavar="FILE", help="the node's TOML config file")
+    w.set_defaults(func=worker)
+
+
+def _config(args: argparse.Namespace) -> NodeConfig:
+    config = load_config(args.config)
+    _, problems = check_models(config, str(args.config))
+    if problems:
+        raise ConfigError("\n".join(problems))
+    # The command line's --log-level wins; otherwise the config's [logging] level.
+    logs.setup(args.log_level or config.logging.level)
+    return config
+
+
+def serve(args: argparse.Namespace) -> int:
+    config = _config(args)
+    service = NodeService(config, args.config.resolve(), log_level=args.log_level or config.logging.level)
+    stop_on_signals(service.stop)
+    service.run()
+    return 0
+
+
+def worker(args: argparse.Namespace) -> int:
+    run_worker(_config(args))
+    return 0
