@@ -26,9 +26,8 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
-from node.analyse.card import find_card
-from node.analyse.runtime import Model
 from node.config import NodeConfig
 from node.errors import NodeError
 from node.jobs import JobStore
@@ -37,7 +36,9 @@ from node.routing import Router
 from node.send import Sender, sender_job_store
 from node.store import DiskGuard, Index, Spool, free_mb
 from node.store.completion import CompletionTimer
-from node.worker import Worker
+
+if TYPE_CHECKING:
+    from node.analyse.runtime import Model
 
 log = logging.getLogger(__name__)
 
@@ -231,8 +232,15 @@ class NodeService:
         log.info("node stopped (%s; %d associations aborted at the deadline)", ", ".join(steps), aborted)
 
 
+# The worker's imports (ONNX Runtime, OpenCV, highdicom) load inside these functions: the serve process
+# never runs a model, and importing them would cost it about 70 MB of resident memory.
+
+
 def load_models(config: NodeConfig) -> dict[str, Model]:
     """Load (and checksum) every model in ``analysis.models``, with ``workers.threads`` threads each."""
+    from node.analyse.card import find_card
+    from node.analyse.runtime import Model
+
     models: dict[str, Model] = {}
     for name in config.analysis.models:
         card = find_card(name, config.analysis.models_dir)
@@ -242,6 +250,8 @@ def load_models(config: NodeConfig) -> dict[str, Model]:
 
 def run_worker(config: NodeConfig) -> None:
     """``pacs-node worker``: one analysis worker until SIGTERM (its job is released) or SIGINT."""
+    from node.worker import Worker
+
     prepare_data_dir(config)
     stop = threading.Event()
     stop_on_signals(stop)

@@ -317,6 +317,11 @@ class Orthanc:
         """True while the Orthanc process this object started is alive."""
         return self._process is not None and self._process.poll() is None
 
+    @property
+    def pid(self) -> int | None:
+        """Process id of the running Orthanc (for /proc figures such as peak RSS), ``None`` when stopped."""
+        return self._process.pid if self.running and self._process is not None else None
+
     # -- REST ----------------------------------------------------------------------------------------
 
     @property
@@ -512,6 +517,11 @@ class StoreSCP:
     def running(self) -> bool:
         """True while the ``storescp`` process this object started is alive."""
         return self._process is not None and self._process.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        """Process id of the running ``storescp`` (for /proc figures such as peak RSS), ``None`` when stopped."""
+        return self._process.pid if self.running and self._process is not None else None
 
     def log(self) -> str:
         """Everything ``storescp`` printed so far."""

@@ -6,16 +6,13 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from node.analyse.card import find_card
-from node.analyse.pipeline import analyse, refusal
-from node.analyse.runtime import Model
-from node.analyse.types import AnalysisResult
-from node.analyse.volume import group_by_series, load_series
 from node.commands.output import progress_bar, say
-from node.encode import encode_results, write_datasets
-from node.encode.findings import findings_json
 from node.errors import InputError
+
+if TYPE_CHECKING:
+    from node.analyse.types import AnalysisResult
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -50,6 +47,14 @@ def _summary(result: AnalysisResult, seconds: float) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here: ONNX Runtime, OpenCV and highdicom load only for the commands that use them.
+    from node.analyse.card import find_card
+    from node.analyse.pipeline import analyse, refusal
+    from node.analyse.runtime import Model
+    from node.analyse.volume import group_by_series, load_series
+    from node.encode import encode_results, write_datasets
+    from node.encode.findings import findings_json
+
     if not args.in_dir.exists():
         raise InputError(f"{args.in_dir}: no such file or folder")
     card = find_card(args.model, args.models_dir)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from node.analyse.card import find_card, load_card, replace_table
-from node.analyse.evaluate import HELD_OUT_SEED, Report, evaluate, format_report
-from node.analyse.runtime import Model
 from node.commands.output import say
 from node.errors import NodeError
 from node.paths import default_models_dir
+
+if TYPE_CHECKING:
+    from node.analyse.evaluate import Report
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -67,6 +69,8 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 def _card_section(report: Report) -> str:
+    from node.analyse.evaluate import HELD_OUT_SEED
+
     m = report.model
     lines = ["[evaluation]", f"held_out_series = {report.series}", f"held_out_first_seed = {HELD_OUT_SEED}"]
     for index, name in sorted(report.labels.items()):
@@ -85,6 +89,9 @@ def _card_section(report: Report) -> str:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    from node.analyse.evaluate import HELD_OUT_SEED, evaluate, format_report
+    from node.analyse.runtime import Model
+
     card = find_card(args.name, args.models_dir)
     model = Model(card, threads=args.threads)
     say(

@@ -7,7 +7,6 @@ import logging
 from pathlib import Path
 
 from node import logs
-from node.app import NodeService, run_worker, stop_on_signals
 from node.commands.config import check_models
 from node.config import NodeConfig, load_config
 from node.errors import ConfigError
@@ -52,6 +51,8 @@ def _config(args: argparse.Namespace) -> NodeConfig:
 
 
 def serve(args: argparse.Namespace) -> int:
+    from node.app import NodeService, stop_on_signals  # here, not at the top: see node.app's imports
+
     config = _config(args)
     service = NodeService(config, args.config.resolve(), log_level=args.log_level or config.logging.level)
     stop_on_signals(service.stop)
@@ -60,5 +61,7 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def worker(args: argparse.Namespace) -> int:
+    from node.app import run_worker
+
     run_worker(_config(args))
     return 0

@@ -6,10 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
-
 from node.commands.output import progress_bar, say
-from node.synth.phantom import make_phantom
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -35,6 +32,10 @@ def run_ct(args: argparse.Namespace) -> int:
     if args.slices < 1 or args.size < 16:
         raise SystemExit("error: --slices must be >= 1 and --size >= 16")
     say(f"rendering {args.slices} slices of {args.size}x{args.size} (seed {args.seed}) ...")
+    import numpy as np  # the phantom's imports load only when a phantom is made
+
+    from node.synth.phantom import make_phantom
+
     phantom = make_phantom(args.seed, slices=args.slices, rows=args.size, columns=args.size, nodules=args.nodules)
     dicom_dir = args.out
     paths = phantom.write_dicom(
