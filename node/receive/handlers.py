@@ -216,6 +216,8 @@ class StoreHandler:
                 calling_ae=event.assoc.requestor.ae_title.strip(),
                 association_id=key,
                 replace=not self.keep_first,
+                called_ae=event.assoc.acceptor.ae_title.strip(),
+                source_address=str(event.assoc.requestor.address),
             )
             if recorded.late and recorded.new and self.reanalyse_late:
                 self.index.reopen_study(who.study_instance_uid, self._clock())

@@ -27,7 +27,8 @@ Errors (all derive from ``node.errors.NodeError`` through ``StoreError``)::
 from __future__ import annotations
 
 from node.store.disk import DiskGuard, free_mb
-from node.store.index import Index, IndexDatabaseError, Instance, Recorded, StudySummary
+from node.store.index import Index, IndexDatabaseError
+from node.store.rows import Instance, Recorded, StudySummary
 from node.store.spool import (
     AlreadyStoredError,
     InvalidUIDError,

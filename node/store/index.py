@@ -23,48 +23,23 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from node.sqlite import immediate_transaction
+from node.store.rows import (
+    BUSY_TIMEOUT_MS,
+    COLUMNS,
+    MIGRATIONS,
+    SCHEMA,
+    SCHEMA_VERSION,
+    Instance,
+    Recorded,
+    StudySummary,
+)
 from node.store.spool import StoreError
 
 log = logging.getLogger(__name__)
-
-SCHEMA_VERSION = 2
-_BUSY_TIMEOUT_MS = 10_000
-
-_SCHEMA = """
-CREATE TABLE instances (
-    sop_instance_uid    TEXT PRIMARY KEY,
-    study_instance_uid  TEXT NOT NULL,
-    series_instance_uid TEXT NOT NULL,
-    sop_class_uid       TEXT NOT NULL,
-    transfer_syntax_uid TEXT NOT NULL,
-    path                TEXT NOT NULL,  -- relative to the spool root
-    size                INTEGER NOT NULL,
-    calling_ae          TEXT NOT NULL,
-    received_at         REAL NOT NULL,
-    association_id      TEXT NOT NULL
-);
-CREATE INDEX instances_by_series ON instances (study_instance_uid, series_instance_uid);
-CREATE TABLE studies (
-    study_instance_uid TEXT PRIMARY KEY,
-    first_received_at  REAL NOT NULL,
-    last_received_at   REAL NOT NULL,
-    last_activity_at   REAL NOT NULL,  -- last instance, touch or release of an association carrying it
-    duplicates         INTEGER NOT NULL DEFAULT 0,
-    completed_at       REAL,           -- NULL while the completion timer still watches the study
-    watch_from         REAL            -- start of the current completion window (max wait counts from it)
-);
-CREATE INDEX studies_by_received ON studies (last_received_at);
-"""
-
-_COLUMNS = (
-    "sop_instance_uid, study_instance_uid, series_instance_uid, sop_class_uid, transfer_syntax_uid, "
-    "path, size, calling_ae, received_at, association_id"
-)
 
 
 class IndexDatabaseError(StoreError):
@@ -72,55 +47,6 @@ class IndexDatabaseError(StoreError):
 
     For a C-STORE this maps to 0xA700; the write was rolled back, so the index is unchanged.
     """
-
-
-@dataclass(frozen=True)
-class Instance:
-    """One row of the index."""
-
-    sop_instance_uid: str
-    study_instance_uid: str
-    series_instance_uid: str
-    sop_class_uid: str
-    transfer_syntax_uid: str
-    path: str
-    size: int
-    calling_ae: str
-    received_at: float
-    association_id: str
-
-
-@dataclass(frozen=True)
-class Recorded:
-    """What :meth:`Index.record` did.
-
-    Attributes
-    ----------
-    new : bool
-        ``True`` for a first arrival, ``False`` for a duplicate SOP Instance UID (counted per study).
-    late : bool
-        The study had already been marked complete; the caller applies its late-instance policy.
-    """
-
-    new: bool
-    late: bool
-
-    @property
-    def duplicate(self) -> bool:
-        return not self.new
-
-
-@dataclass(frozen=True)
-class StudySummary:
-    """Counts and times of one study; times come from the index's clock."""
-
-    study_instance_uid: str
-    instances: int
-    series: int
-    first_received_at: float
-    last_received_at: float
-    duplicates: int
-    completed_at: float | None
 
 
 class Index:
@@ -148,7 +74,7 @@ class Index:
         try:
             # Autocommit mode: transactions are opened explicitly with BEGIN IMMEDIATE in _write().
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self._db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+            self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if mode != "wal":
                 raise IndexDatabaseError(f"index {self.path}: cannot switch to WAL journal mode (got {mode})")
@@ -171,11 +97,13 @@ class Index:
                     "upgrade the node or point it at another index"
                 )
             if version == 0:
-                for statement in _SCHEMA.split(";"):
+                for statement in SCHEMA.split(";"):
                     if statement.strip():
                         db.execute(statement)
-            elif version == 1:  # 1 -> 2: reopened studies get a completion window of their own
-                db.execute("ALTER TABLE studies ADD COLUMN watch_from REAL")
+            else:
+                for step in range(version + 1, SCHEMA_VERSION + 1):
+                    for statement in MIGRATIONS[step]:
+                        db.execute(statement)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @contextmanager
@@ -216,6 +144,8 @@ class Index:
         calling_ae: str,
         association_id: str,
         replace: bool = False,
+        called_ae: str = "",
+        source_address: str = "",
     ) -> Recorded:
         """Record a stored instance and commit before returning.
 
@@ -240,14 +170,17 @@ class Index:
             calling_ae,
             now,
             association_id,
+            called_ae,
+            source_address,
         )
         with self._write() as db:
-            new = db.execute(f"INSERT OR IGNORE INTO instances ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)", row).rowcount
+            marks = ",".join("?" * len(row))
+            new = db.execute(f"INSERT OR IGNORE INTO instances ({COLUMNS}) VALUES ({marks})", row).rowcount
             if not new and replace:
                 db.execute(
                     "UPDATE instances SET study_instance_uid = ?, series_instance_uid = ?, sop_class_uid = ?,"
                     " transfer_syntax_uid = ?, path = ?, size = ?, calling_ae = ?, received_at = ?,"
-                    " association_id = ? WHERE sop_instance_uid = ?",
+                    " association_id = ?, called_ae = ?, source_address = ? WHERE sop_instance_uid = ?",
                     (*row[1:], sop_instance_uid),
                 )
             completed = db.execute(
@@ -265,22 +198,32 @@ class Index:
         return Recorded(new=bool(new), late=completed is not None and completed[0] is not None)
 
     def get(self, sop_instance_uid: str) -> Instance | None:
-        rows = self._read(f"SELECT {_COLUMNS} FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,))
+        rows = self._read(f"SELECT {COLUMNS} FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,))
         return Instance(*rows[0]) if rows else None
 
     def instances(self, study_instance_uid: str, series_instance_uid: str | None = None) -> list[Instance]:
         """The instances of a study (or of one of its series), in order of arrival."""
         if series_instance_uid is None:
-            sql = f"SELECT {_COLUMNS} FROM instances WHERE study_instance_uid = ?"
+            sql = f"SELECT {COLUMNS} FROM instances WHERE study_instance_uid = ?"
             params: tuple[object, ...] = (study_instance_uid,)
         else:
-            sql = f"SELECT {_COLUMNS} FROM instances WHERE study_instance_uid = ? AND series_instance_uid = ?"
+            sql = f"SELECT {COLUMNS} FROM instances WHERE study_instance_uid = ? AND series_instance_uid = ?"
             params = (study_instance_uid, series_instance_uid)
         return [Instance(*row) for row in self._read(sql + " ORDER BY received_at, rowid", params)]
 
+    def instances_after(self, rowid: int, limit: int = 500) -> list[tuple[int, Instance]]:
+        """Rows stored after ``rowid``, in arrival order, with their rowids (the router's feed).
+
+        A duplicate under the replace policy updates its row in place and does not appear again.
+        """
+        rows = self._read(
+            f"SELECT rowid, {COLUMNS} FROM instances WHERE rowid > ? ORDER BY rowid LIMIT ?", (rowid, limit)
+        )
+        return [(int(row[0]), Instance(*row[1:])) for row in rows]
+
     def all_instances(self) -> list[Instance]:
         """Every row (for consistency checks against the spool)."""
-        return [Instance(*row) for row in self._read(f"SELECT {_COLUMNS} FROM instances ORDER BY rowid")]
+        return [Instance(*row) for row in self._read(f"SELECT {COLUMNS} FROM instances ORDER BY rowid")]
 
     # -- studies ---------------------------------------------------------------------------------------
 
@@ -348,19 +291,29 @@ class Index:
         with self._lock:
             return sum(study_instance_uid in studies for studies in self._open.values())
 
+    def set_quiet_seconds(self, study_instance_uid: str, seconds: float) -> None:
+        """A routing rule's quiet period for the study; the shortest one given wins."""
+        with self._write() as db:
+            db.execute(
+                "UPDATE studies SET quiet_seconds = MIN(COALESCE(quiet_seconds, ?), ?) WHERE study_instance_uid = ?",
+                (seconds, seconds, study_instance_uid),
+            )
+
     def quiet_studies(self, now: float, quiet_seconds: float, max_wait_seconds: float) -> list[str]:
         """Studies not yet complete that the completion timer may declare complete now.
 
         A study qualifies when no open association carries it and its last activity is at least
-        `quiet_seconds` old, or, whatever its associations do, when its first instance (or, for a reopened
-        study, its reopening) is at least `max_wait_seconds` old (a stuck sender cannot hold a study forever).
+        A study qualifies when no open association carries it and its last activity is at least
+        `quiet_seconds` old (or its own quiet period, see :meth:`set_quiet_seconds`), or, whatever its
+        associations do, when its first instance (or, for a reopened study, its reopening) is at least
+        `max_wait_seconds` old (a stuck sender cannot hold a study forever).
         """
         rows = self._read(
-            "SELECT study_instance_uid, last_activity_at <= ?, COALESCE(watch_from, first_received_at) <= ?"
-            " FROM studies WHERE completed_at IS NULL"
-            " AND (last_activity_at <= ? OR COALESCE(watch_from, first_received_at) <= ?)"
+            "SELECT study_instance_uid, last_activity_at <= ? - COALESCE(quiet_seconds, ?),"
+            " COALESCE(watch_from, first_received_at) <= ? FROM studies WHERE completed_at IS NULL"
+            " AND (last_activity_at <= ? - COALESCE(quiet_seconds, ?) OR COALESCE(watch_from, first_received_at) <= ?)"
             " ORDER BY first_received_at",
-            (now - quiet_seconds, now - max_wait_seconds, now - quiet_seconds, now - max_wait_seconds),
+            (now, quiet_seconds, now - max_wait_seconds, now, quiet_seconds, now - max_wait_seconds),
         )
         with self._lock:
             carried = set().union(*self._open.values()) if self._open else set()

@@ -232,7 +232,7 @@ def test_index_is_wal_with_full_sync_and_a_schema_version(tmp_path: Path) -> Non
     index.close()
     db = sqlite3.connect(tmp_path / "index.db")
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"  # persistent in the file
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 3
     db.close()
     Index(tmp_path / "index.db").close()  # reopening keeps the schema
 
@@ -422,3 +422,24 @@ def test_spool_module_never_logs_uids_above_debug(tmp_path: Path, caplog: pytest
     (tmp_path / ".tmp" / "x.part").write_bytes(b"")
     spool.cleanup_temp()
     assert all(SOP not in r.getMessage() for r in caplog.records if r.levelname != "DEBUG")
+
+
+def test_a_rules_quiet_period_applies_to_its_study_and_the_shortest_wins(tmp_path: Path) -> None:
+    index = Index(tmp_path / "index.db", clock=Clock(0.0))
+    record(index, "1.1", study="7.1")
+    record(index, "2.1", study="7.2")
+    index.set_quiet_seconds("7.1", 60.0)
+    index.set_quiet_seconds("7.1", 90.0)  # a longer one does not replace the shorter
+    assert index.quiet_studies(30.0, quiet_seconds=30, max_wait_seconds=600) == ["7.2"]
+    assert index.quiet_studies(60.0, 30, 600) == ["7.1", "7.2"]
+
+
+def test_instances_after_feeds_new_rows_in_arrival_order(tmp_path: Path) -> None:
+    index = Index(tmp_path / "index.db", clock=Clock(0.0))
+    for sop in ("1.1", "1.2", "1.3"):
+        record(index, sop, study="7.1")
+    record(index, "1.2", study="7.1")  # a duplicate adds no row
+    rows = index.instances_after(0)
+    assert [i.sop_instance_uid for _, i in rows] == ["1.1", "1.2", "1.3"]
+    assert [i.sop_instance_uid for _, i in index.instances_after(rows[0][0], limit=1)] == ["1.2"]
+    assert index.instances_after(rows[-1][0]) == []

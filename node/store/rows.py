@@ -1,0 +1,103 @@
+"""The index's tables, their migrations, and the row types it returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SCHEMA_VERSION = 3
+BUSY_TIMEOUT_MS = 10_000
+
+SCHEMA = """
+CREATE TABLE instances (
+    sop_instance_uid    TEXT PRIMARY KEY,
+    study_instance_uid  TEXT NOT NULL,
+    series_instance_uid TEXT NOT NULL,
+    sop_class_uid       TEXT NOT NULL,
+    transfer_syntax_uid TEXT NOT NULL,
+    path                TEXT NOT NULL,  -- relative to the spool root
+    size                INTEGER NOT NULL,
+    calling_ae          TEXT NOT NULL,
+    received_at         REAL NOT NULL,
+    association_id      TEXT NOT NULL,
+    called_ae           TEXT NOT NULL DEFAULT '',
+    source_address      TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX instances_by_series ON instances (study_instance_uid, series_instance_uid);
+CREATE TABLE studies (
+    study_instance_uid TEXT PRIMARY KEY,
+    first_received_at  REAL NOT NULL,
+    last_received_at   REAL NOT NULL,
+    last_activity_at   REAL NOT NULL,  -- last instance, touch or release of an association carrying it
+    duplicates         INTEGER NOT NULL DEFAULT 0,
+    completed_at       REAL,           -- NULL while the completion timer still watches the study
+    watch_from         REAL,           -- start of the current completion window (max wait counts from it)
+    quiet_seconds      REAL            -- a routing rule's quiet period for this study (NULL: the config's)
+);
+CREATE INDEX studies_by_received ON studies (last_received_at);
+"""
+
+COLUMNS = (
+    "sop_instance_uid, study_instance_uid, series_instance_uid, sop_class_uid, transfer_syntax_uid, "
+    "path, size, calling_ae, received_at, association_id, called_ae, source_address"
+)
+
+# Statements that take schema version N - 1 to N (version 0 is a new file: SCHEMA at once).
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    2: ("ALTER TABLE studies ADD COLUMN watch_from REAL",),
+    3: (
+        "ALTER TABLE instances ADD COLUMN called_ae TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE instances ADD COLUMN source_address TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE studies ADD COLUMN quiet_seconds REAL",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One row of the index."""
+
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    path: str
+    size: int
+    calling_ae: str
+    received_at: float
+    association_id: str
+    called_ae: str = ""
+    source_address: str = ""
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What :meth:`Index.record` did.
+
+    Attributes
+    ----------
+    new : bool
+        ``True`` for a first arrival, ``False`` for a duplicate SOP Instance UID (counted per study).
+    late : bool
+        The study had already been marked complete; the caller applies its late-instance policy.
+    """
+
+    new: bool
+    late: bool
+
+    @property
+    def duplicate(self) -> bool:
+        return not self.new
+
+
+@dataclass(frozen=True)
+class StudySummary:
+    """Counts and times of one study; times come from the index's clock."""
+
+    study_instance_uid: str
+    instances: int
+    series: int
+    first_received_at: float
+    last_received_at: float
+    duplicates: int
+    completed_at: float | None
