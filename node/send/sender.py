@@ -35,8 +35,8 @@ from node import logs
 from node.config import Limits, NodeConfig, Peer
 from node.config import Sender as SenderSection
 from node.jobs import Job, JobError, JobStore, LeaseLostError, delay
+from node.jobs.sends import send_kind
 from node.send.destination import Destination
-from node.send.outbox import send_kind
 from node.send.scu import FileOutcome, ScuSettings, Verdict, store_files
 
 __all__ = ["BATCH", "POLL_S", "Sender", "lease_seconds", "max_attempts_for", "sender_job_store"]

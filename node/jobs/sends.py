@@ -9,7 +9,7 @@ queued, running or done is never queued again.
 
 from __future__ import annotations
 
-from node.jobs import JobStore
+from node.jobs.store import JobStore
 
 SEND_KIND_PREFIX = "send:"
 
