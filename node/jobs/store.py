@@ -391,6 +391,19 @@ class JobStore:
             )
             return [job_from_row(row) for row in rows]
 
+    def search(self, text: str, limit: int = 10_000) -> builtins.list[Job]:
+        """Jobs whose JSON payload contains ``text`` (e.g. ``'"study":"1.2.3"'``), oldest first.
+
+        Payloads are stored with sorted keys and no spaces (``{"path":"spool/1.2/...","peer":"pacs"}``),
+        so a key and its value can be searched as one string.
+        """
+        pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        with self._read() as conn:
+            rows = conn.execute(
+                f"SELECT {COLUMNS} FROM jobs WHERE payload LIKE ? ESCAPE '\\' ORDER BY id LIMIT ?", (pattern, limit)
+            )
+            return [job_from_row(row) for row in rows]
+
     def counts(self) -> dict[tuple[str, JobState], int]:
         """Number of jobs per (kind, state), for status pages and metrics; absent pairs are zero."""
         with self._read() as conn:

@@ -374,3 +374,12 @@ def test_backoff_jitter_is_bounded_and_reproducible() -> None:
 def test_backoff_rejects_bad_arguments(attempt: int, initial: float, maximum: float, jitter: float) -> None:
     with pytest.raises(ValueError):
         delay(attempt, initial, maximum, jitter)
+
+
+def test_search_finds_jobs_by_payload_text(store: JobStore) -> None:
+    a = store.enqueue("send:pacs", {"path": "spool/1.2.3/4/5.dcm", "peer": "pacs"})
+    b = store.enqueue("analyse", {"study": "1.2.3", "model": "m_1"})
+    store.enqueue("analyse", {"study": "1.2.30", "model": "m%1"})
+    assert [j.id for j in store.search('"study":"1.2.3"')] == [b]
+    assert [j.id for j in store.search('"path":"spool/1.2.3/')] == [a]
+    assert len(store.search("m_1")) == 1 and len(store.search("m%1")) == 1  # LIKE wildcards are literal
