@@ -5,7 +5,9 @@ The SCU does not raise for network problems or peer answers: it returns one outc
 
     NodeError
     └── SendError               base of the send stage's errors
-        └── DestinationError    a destination cannot be used: unknown peer name, no host and port, bad HOST:PORT
+        ├── DestinationError    a destination cannot be used: unknown peer name, no host and port, bad HOST:PORT
+        └── TranscodeError      a stored file cannot be decoded for a peer that does not take its transfer
+                                syntax (node.send.transcode); the send is parked with this message
 """
 
 from __future__ import annotations

@@ -10,9 +10,14 @@
   more is sent over several, one after the other.
 - A file whose stored transfer syntax was accepted is sent as it is stored: the bytes after the file
   meta, read in chunks, never decoded (pynetdicom's ``STORE_SEND_CHUNKED_DATASET``, set once, see
-  :func:`_pynetdicom_options`). An uncompressed little endian file the peer takes only in the other
-  uncompressed syntax is decoded and re-encoded by pynetdicom. A compressed or big endian file whose
-  syntax the peer refused is a failure ("does not accept ..."): decoding for the peer is not done yet.
+  :func:`_pynetdicom_options`).
+- A file whose stored syntax the peer refused, when the peer accepted Explicit or Implicit VR Little
+  Endian for its SOP class, is decoded in memory, one file at a time, by
+  :func:`node.send.transcode.decode_to` (compressed pixel data decoded, deflate inflated; the stored
+  file untouched) and sent as Explicit VR Little Endian, or Implicit when only that was accepted:
+  pynetdicom encodes the dataset. A lossless source arrives pixel-identical. A file that cannot be
+  decoded (no decoder for its syntax, no plugin installed, corrupt data) or a peer that accepted no
+  uncompressed syntax for the class is a failure that names the syntax.
 - TCP_NODELAY on the socket (pynetdicom never sets it; with Nagle each C-STORE waits for a delayed
   ACK), our maximum PDU from the settings (0 = unlimited), a new Message ID for each C-STORE.
 - Stalls: when a C-STORE gets no response within the DIMSE timeout (pynetdicom then aborts the
@@ -35,14 +40,15 @@ success 0x0000, warning 0x0001/0xBxxx  SENT        the peer has the instance
 0x0122 SOP class not supported         PARK        the peer must be configured first
 0x0124 not authorized                  PARK        idem
 no accepted context / transfer syntax  PARK        idem (the association offered none for the file)
+cannot decode for the peer             PARK        no decoder or plugin for the syntax, corrupt data
 file missing, not Part-10, unreadable  PARK        the file must be restored or the job dropped
 no connection, rejection, abort,       RETRY       the network or the peer may come back
 timeout, stall retries used up
 stop requested before the C-STORE      CANCELLED   give the job back (not an attempt)
 =====================================  ==========  ====================================================
 
-Logs: one INFO line per association (destination, instances, outcome counts, seconds); UIDs only at
-DEBUG; never patient data.
+Logs: one INFO line per association (destination, instances, outcome counts, how many were transcoded
+(not sent as stored), seconds); UIDs only at DEBUG; never patient data.
 """
 
 from __future__ import annotations
@@ -59,7 +65,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -70,6 +76,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from node.config import NodeConfig
 from node.dicom.status import Status, describe, is_success
 from node.send.destination import Destination
+from node.send.transcode import TranscodeError, can_decode, decode_to
 
 __all__ = [
     "MAX_CONTEXTS",
@@ -402,11 +409,6 @@ def _lost(settings: ScuSettings, elapsed: float) -> str:
     return "the association was aborted or the connection lost while waiting for a C-STORE response"
 
 
-def _convertible(syntax: UID) -> bool:
-    """pynetdicom can re-encode a file stored in ``syntax`` as Explicit or Implicit VR Little Endian."""
-    return syntax.is_transfer_syntax and not syntax.is_compressed and syntax.is_little_endian  # private: no
-
-
 def _no_context(destination: Destination, item: _Item) -> str:
     return (
         f"{destination} accepted no presentation context for {item.sop_class.name}: the peer does not store this "
@@ -414,8 +416,50 @@ def _no_context(destination: Destination, item: _Item) -> str:
     )
 
 
+def _payload(assoc: Any, item: _Item, destination: Destination, tally: Counter[str]) -> Path | Dataset | FileOutcome:
+    """What to give ``send_c_store`` for the file: its path (sent as stored), a dataset decoded for the
+    peer (counted in ``tally["transcoded"]``), or the outcome when it cannot be sent on this association."""
+
+    def outcome(verdict: Verdict, reason: str) -> FileOutcome:
+        return FileOutcome(item.index, item.path, verdict, None, reason)
+
+    accepted = [cx for cx in assoc.accepted_contexts if cx.abstract_syntax == item.sop_class and cx.as_scu]
+    syntaxes = [UID(cx.transfer_syntax[0]) for cx in accepted]
+    if item.transfer_syntax in syntaxes:
+        return item.path  # the fast path: the bytes after the file meta as stored, not decoded
+    if not syntaxes:
+        return outcome(Verdict.PARK, _no_context(destination, item))
+    targets = [syntax for syntax in _UNCOMPRESSED_LE if syntax in syntaxes]  # Explicit VR preferred
+    if not targets or not can_decode(item.transfer_syntax):
+        accepted_names = ", ".join(s.name for s in syntaxes)
+        cannot = (
+            f"we cannot decode {item.transfer_syntax.name}"
+            if targets
+            else "we decode only to Explicit or Implicit VR Little Endian, which it did not accept"
+        )
+        why = (
+            f"{destination} does not accept {item.transfer_syntax.name} for {item.sop_class.name} (it accepted "
+            f"{accepted_names}), and {cannot}: enable the syntax at the peer, then retry the job"
+        )
+        return outcome(Verdict.PARK, why)
+    try:
+        dataset = decode_to(item.path, targets[0])  # pynetdicom encodes it in the accepted syntax
+    except FileNotFoundError:
+        return outcome(Verdict.PARK, f"file {item.path} is missing (deleted or moved during the send)")
+    except OSError as exc:
+        return outcome(Verdict.RETRY, f"file {item.path} could not be read for decoding: {exc.strerror or exc}")
+    except TranscodeError as exc:
+        why = (
+            f"{exc}; {destination} does not accept {item.transfer_syntax.name} for {item.sop_class.name}: enable it "
+            "at the peer (or install the missing decoder, or repair the file), then retry the job"
+        )
+        return outcome(Verdict.PARK, why)
+    tally["transcoded"] += 1
+    return dataset
+
+
 def _store_one(
-    assoc: Any, item: _Item, msg_id: int, destination: Destination, settings: ScuSettings
+    assoc: Any, item: _Item, msg_id: int, destination: Destination, settings: ScuSettings, tally: Counter[str]
 ) -> tuple[FileOutcome | None, str]:
     """Send one file: ``(outcome, "")``, ``(None, why)`` when the association was lost before its answer
     (the file stays to be resent), or ``(outcome, why)`` when the file is settled but the association
@@ -424,29 +468,9 @@ def _store_one(
     def outcome(verdict: Verdict, reason: str, status: int | None = None) -> FileOutcome:
         return FileOutcome(item.index, item.path, verdict, status, reason)
 
-    accepted = [cx for cx in assoc.accepted_contexts if cx.abstract_syntax == item.sop_class and cx.as_scu]
-    syntaxes = [UID(cx.transfer_syntax[0]) for cx in accepted]
-    payload: Any
-    if item.transfer_syntax in syntaxes:
-        payload = item.path  # sent as stored: bytes after the file meta, not decoded
-    elif not syntaxes:
-        return outcome(Verdict.PARK, _no_context(destination, item)), ""
-    elif _convertible(item.transfer_syntax) and any(s in _UNCOMPRESSED_LE for s in syntaxes):
-        try:
-            payload = dcmread(item.path)  # pynetdicom re-encodes it in the syntax the peer accepted
-        except FileNotFoundError:
-            return outcome(Verdict.PARK, f"file {item.path} is missing (deleted or moved during the send)"), ""
-        except Exception as exc:  # damaged file: pydicom raises assorted errors
-            return outcome(Verdict.PARK, f"file {item.path} cannot be decoded for conversion: {exc}"), ""
-    else:
-        accepted_names = ", ".join(s.name for s in syntaxes)
-        why = (
-            f"{destination} does not accept {item.transfer_syntax.name} for {item.sop_class.name} (it accepted "
-            f"{accepted_names}); converting for the peer is not supported yet: enable the syntax at the peer, "
-            "then retry the job"
-        )
-        return outcome(Verdict.PARK, why), ""
-
+    payload = _payload(assoc, item, destination, tally)
+    if isinstance(payload, FileOutcome):
+        return payload, ""
     started = time.monotonic()
     try:
         response = assoc.send_c_store(payload, msg_id=msg_id)
@@ -519,13 +543,14 @@ def _send_group(
             settle_all(Verdict.RETRY, f"not sent to {destination}: {opening.why}")
             return
         counts: Counter[Verdict] = Counter()
+        tally: Counter[str] = Counter()
         tried = len(pending)
         lost = ""
         msg_id = 0
         try:
             while pending and not (stop is not None and stop.is_set()):
                 msg_id = msg_id % _MAX_MESSAGE_ID + 1
-                result, lost = _store_one(assoc, pending[0], msg_id, destination, settings)
+                result, lost = _store_one(assoc, pending[0], msg_id, destination, settings, tally)
                 if result is not None:
                     pending.pop(0)
                     counts[result.verdict] += 1
@@ -536,12 +561,13 @@ def _send_group(
             _close(assoc)
         failed = counts[Verdict.RETRY] + counts[Verdict.PARK]
         log.info(
-            "C-STORE to %s: %d instances, %d sent, %d failed, %d not sent in %.2f s%s",
+            "C-STORE to %s: %d instances, %d sent, %d failed, %d not sent, %d transcoded in %.2f s%s",
             destination,
             tried,
             counts[Verdict.SENT],
             failed,
             len(pending),
+            tally["transcoded"],
             time.monotonic() - started,
             f" ({lost})" if lost else "",
         )

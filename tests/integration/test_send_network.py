@@ -8,6 +8,8 @@ The SCU against peers that store, refuse, stall, reject or are down; the sender 
 from __future__ import annotations
 
 import argparse
+import io
+import logging
 import socket
 import threading
 import time
@@ -16,19 +18,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
-from pydicom import dcmread
+from pydicom import Dataset, dcmread
 from pydicom.data import get_testdata_file
+from pydicom.dataset import FileMetaDataset
 from pydicom.uid import (
+    UID,
     CTImageStorage,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
+    JPEGLSLossless,
     MRImageStorage,
     SecondaryCaptureImageStorage,
     generate_uid,
 )
 from pynetdicom import AE, evt
-from pynetdicom.dsutils import split_dataset
+from pynetdicom.dsutils import decode, split_dataset
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from node.commands import echo as echo_command
@@ -46,6 +52,11 @@ from node.send.sender import Sender, sender_job_store
 HOST = "127.0.0.1"
 CT_SMALL = Path(get_testdata_file("CT_small.dcm", download=False))
 JPEG2000_SC = Path(get_testdata_file("JPEG2000.dcm", download=False))  # Secondary Capture, JPEG 2000
+MR_SMALL = Path(get_testdata_file("MR_small.dcm", download=False))  # Explicit VR Little Endian
+MR_J2K_LOSSLESS = Path(get_testdata_file("MR_small_jp2klossless.dcm", download=False))
+MR_JPEG_LS_LOSSLESS = Path(get_testdata_file("MR_small_jpeg_ls_lossless.dcm", download=False))
+MR_BIG_ENDIAN = Path(get_testdata_file("MR_small_bigendian.dcm", download=False))
+JPEG_12BIT_UNDECODABLE = Path(get_testdata_file("JPEG-lossy.dcm", download=False))  # neither libjpeg nor Pillow
 FAST = ScuSettings("NODE", acse_timeout=2.0, dimse_timeout=2.0, network_timeout=5.0)
 
 
@@ -60,6 +71,15 @@ class Received:
     data: bytes
     calling_ae: str
     requestor_max_pdu: int
+    transfer_syntax: str  # of the presentation context the C-STORE came on
+
+    def dataset(self) -> Dataset:
+        """The received dataset, decoded in the syntax it came in."""
+        syntax = UID(self.transfer_syntax)
+        ds = decode(io.BytesIO(self.data), syntax.is_implicit_VR, syntax.is_little_endian)
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = syntax
+        return ds
 
 
 class PeerSCP:
@@ -128,6 +148,7 @@ class PeerSCP:
             data=event.encoded_dataset(include_meta=False),
             calling_ae=str(event.assoc.requestor.ae_title).strip(),
             requestor_max_pdu=int(event.assoc.requestor.maximum_length),
+            transfer_syntax=str(event.context.transfer_syntax),
         )
         with self._lock:
             self.received.append(received)
@@ -194,17 +215,97 @@ def test_store_sends_the_stored_bytes_over_one_association(tmp_path: Path) -> No
     assert {r.requestor_max_pdu for r in peer.received} == {0}  # we receive PDUs of any size
 
 
-def test_compressed_files_go_as_they_are_or_fail_when_the_peer_wants_them_uncompressed(tmp_path: Path) -> None:
+def test_compressed_files_go_as_they_are_or_decoded_when_the_peer_wants_them_uncompressed(tmp_path: Path) -> None:
     files = [*write_cts(tmp_path, 1), JPEG2000_SC]
     with PeerSCP(syntaxes=ACCEPTED_TRANSFER_SYNTAXES) as everything:
         outcomes = store_files(everything.destination(), files, FAST)
     assert [o.verdict for o in outcomes] == [Verdict.SENT, Verdict.SENT]
     assert everything.received[1].data == stored_bytes(JPEG2000_SC)
+    assert everything.received[1].transfer_syntax == dcmread(JPEG2000_SC).file_meta.TransferSyntaxUID
     with PeerSCP() as uncompressed_only:
         outcomes = store_files(uncompressed_only.destination(), files, FAST)
+    assert [o.verdict for o in outcomes] == [Verdict.SENT, Verdict.SENT]
+    ct, j2k = uncompressed_only.received
+    assert ct.data == stored_bytes(files[0])  # the fast path: as stored
+    assert j2k.transfer_syntax == ExplicitVRLittleEndian
+    received = j2k.dataset()
+    source = dcmread(JPEG2000_SC)
+    assert received.SOPInstanceUID == source.SOPInstanceUID
+    assert received.LossyImageCompression == "01"  # a lossy JPEG 2000 stays marked lossy
+    assert np.array_equal(received.pixel_array, source.pixel_array)  # exactly what decoding the file gives
+
+
+@pytest.mark.parametrize("accepted", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+def test_lossless_jpeg_2000_and_jpeg_ls_arrive_decoded_and_pixel_identical(
+    accepted: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    files = [MR_J2K_LOSSLESS, MR_JPEG_LS_LOSSLESS, MR_SMALL]
+    before = [f.read_bytes() for f in files]
+    peer = PeerSCP(syntaxes=(accepted,), sop_classes=(MRImageStorage,))
+    with peer, caplog.at_level(logging.INFO, logger="node.send.scu"):
+        outcomes = store_files(peer.destination(), files, FAST)
+    assert [o.verdict for o in outcomes] == [Verdict.SENT] * 3, [o.reason for o in outcomes]
+    assert [f.read_bytes() for f in files] == before  # the stored files are untouched
+    assert {r.transfer_syntax for r in peer.received} == {accepted}
+    assert len({r.association for r in peer.received}) == 1
+    reference = dcmread(MR_SMALL).pixel_array
+    for record, path in zip(peer.received, files, strict=True):
+        received = record.dataset()
+        assert received.SOPInstanceUID == sop_of(path)
+        assert np.array_equal(received.pixel_array, reference)
+    expected_transcoded = 2 if accepted == ExplicitVRLittleEndian else 3  # MR_small is Explicit VR itself
+    lines = [r.getMessage() for r in caplog.records if "C-STORE to peer" in r.getMessage()]
+    assert len(lines) == 1 and f"3 sent, 0 failed, 0 not sent, {expected_transcoded} transcoded in" in lines[0]
+
+
+def test_files_that_cannot_be_decoded_park_and_the_rest_of_the_batch_goes(tmp_path: Path) -> None:
+    [ct] = write_cts(tmp_path, 1)
+    files = [JPEG_12BIT_UNDECODABLE, MR_BIG_ENDIAN, ct, MR_J2K_LOSSLESS]
+    sop_classes = (CTImageStorage, SecondaryCaptureImageStorage, MRImageStorage)
+    with PeerSCP(sop_classes=sop_classes) as peer:
+        outcomes = store_files(peer.destination(), files, FAST)
+    assert [o.verdict for o in outcomes] == [Verdict.PARK, Verdict.PARK, Verdict.SENT, Verdict.SENT]
+    undecodable, big_endian = outcomes[0].reason, outcomes[1].reason
+    assert (
+        f"file {JPEG_12BIT_UNDECODABLE}: its JPEG Extended (Process 2 and 4) pixel data cannot be decoded"
+        in undecodable
+    )
+    assert "does not accept JPEG Extended (Process 2 and 4) for Secondary Capture Image Storage" in undecodable
+    assert "retry the job" in undecodable
+    assert "does not accept Explicit VR Big Endian for MR Image Storage" in big_endian
+    assert "we cannot decode Explicit VR Big Endian" in big_endian
+    assert peer.sops() == [sop_of(ct), sop_of(MR_J2K_LOSSLESS)]
+    assert len({r.association for r in peer.received}) == 1
+
+
+def test_a_peer_taking_only_another_compressed_syntax_gets_nothing_decoded() -> None:
+    # The JPEG-LS file makes us propose JPEG-LS for MR too: the peer takes only that.
+    with PeerSCP(syntaxes=(JPEGLSLossless,), sop_classes=(MRImageStorage,)) as peer:
+        as_stored, outcome = store_files(peer.destination(), [MR_JPEG_LS_LOSSLESS, MR_J2K_LOSSLESS], FAST)
+    assert as_stored.verdict is Verdict.SENT and peer.received[0].data == stored_bytes(MR_JPEG_LS_LOSSLESS)
+    assert outcome.verdict is Verdict.PARK
+    assert "does not accept JPEG 2000 Image Compression (Lossless Only) for MR Image Storage" in outcome.reason
+    assert "(it accepted JPEG-LS Lossless Image Compression)" in outcome.reason
+    assert "we decode only to Explicit or Implicit VR Little Endian" in outcome.reason
+    assert len(peer.received) == 1
+
+
+def test_a_file_vanishing_before_decoding_parks(tmp_path: Path) -> None:
+    path = tmp_path / "j2k.dcm"
+    path.write_bytes(JPEG2000_SC.read_bytes())
+    with PeerSCP() as peer:
+        deleted: list[str] = []
+
+        def on_result(outcome: object) -> None:
+            if not deleted:
+                path.unlink()
+                deleted.append("yes")
+
+        # The CT goes first; the J2K file, inspected before the association, is gone when it is decoded.
+        [ct] = write_cts(tmp_path / "ct", 1)
+        outcomes = store_files(peer.destination(), [ct, path], FAST, on_result=on_result)
     assert [o.verdict for o in outcomes] == [Verdict.SENT, Verdict.PARK]
-    assert "does not accept JPEG 2000 Image Compression for Secondary Capture Image Storage" in outcomes[1].reason
-    assert len(uncompressed_only.received) == 1
+    assert f"file {path} is missing" in outcomes[1].reason
 
 
 def test_a_file_in_a_private_transfer_syntax_goes_only_to_a_peer_that_accepts_it(tmp_path: Path) -> None:
@@ -216,6 +317,7 @@ def test_a_file_in_a_private_transfer_syntax_goes_only_to_a_peer_that_accepts_it
     with PeerSCP() as uncompressed_only:
         [outcome] = store_files(uncompressed_only.destination(), [path], FAST)
     assert outcome.verdict is Verdict.PARK and f"does not accept {private}" in outcome.reason
+    assert f"we cannot decode {private}" in outcome.reason
     with PeerSCP(syntaxes=(private,)) as peer:
         [outcome] = store_files(peer.destination(), [path], FAST)
     assert outcome.verdict is Verdict.SENT and peer.received[0].data == stored_bytes(path)

@@ -3,18 +3,37 @@
 from __future__ import annotations
 
 import argparse
+import copy
+import hashlib
+import io
 import threading
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate, generate_frames
+from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import (
+    JPEG2000,
+    MPEG2MPML,
     UID,
     CTImageStorage,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    RLELossless,
     SegmentationStorage,
 )
+from pynetdicom.dsutils import decode, encode
 
 from node.commands.echo import ae_title
 from node.config import Limits, NodeConfig, parse_config
@@ -35,6 +54,7 @@ from node.send.scu import (
     store_files,
 )
 from node.send.sender import Sender, lease_seconds, max_attempts_for, sender_job_store
+from node.send.transcode import DECODED_SYNTAXES, TranscodeError, can_decode, decode_to
 
 
 class Clock:
@@ -272,3 +292,195 @@ def test_sender_serves_only_peers_that_can_receive(tmp_path: Path) -> None:
     config = make_config(tmp_path)
     with sender_job_store(config) as jobs:
         assert [p.name for p in Sender(config, jobs, threading.Event()).peers] == ["pacs"]
+
+
+# -- decoding for the peer (node.send.transcode) -----------------------------------------------------------
+
+
+def _testfile(name: str) -> Path:
+    return Path(get_testdata_file(name, download=False))
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# The uncompressed references: MR_small.dcm for the MR_small variants; the RLE copy of pydicom's RGB
+# secondary capture for its other lossless encodings (the RLE decoder is pydicom's own, pure Python).
+MR_REFERENCE = "MR_small.dcm"
+RGB_REFERENCE = "SC_rgb_rle.dcm"
+
+
+@pytest.mark.parametrize(
+    ("name", "reference", "syntax"),
+    [
+        ("MR_small_jp2klossless.dcm", MR_REFERENCE, JPEG2000Lossless),
+        ("MR_small_jpeg_ls_lossless.dcm", MR_REFERENCE, JPEGLSLossless),
+        ("MR_small_RLE.dcm", MR_REFERENCE, RLELossless),
+        ("MR_small_implicit.dcm", MR_REFERENCE, ImplicitVRLittleEndian),
+        ("SC_rgb_jpeg_gdcm.dcm", RGB_REFERENCE, JPEGLosslessSV1),
+        ("SC_rgb_gdcm_KY.dcm", RGB_REFERENCE, JPEG2000),  # JPEG 2000 (lossless content) from GDCM
+        ("GDCMJ2K_TextGBR.dcm", None, JPEG2000Lossless),  # YBR_RCT: becomes RGB
+    ],
+)
+@pytest.mark.parametrize("target", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+def test_lossless_sources_decode_to_the_reference_pixels_and_survive_encoding(
+    name: str, reference: str | None, syntax: UID, target: UID
+) -> None:
+    path = _testfile(name)
+    before = _digest(path)
+    stored = dcmread(path)
+    assert stored.file_meta.TransferSyntaxUID == syntax
+    ds = decode_to(path, target)
+    assert _digest(path) == before  # the stored file is never written
+    # How the dataset is encoded in memory: pydicom converts it to ``target`` on encoding.
+    assert ds.file_meta.TransferSyntaxUID == (syntax if syntax in DECODED_SYNTAXES else ExplicitVRLittleEndian)
+    assert ds.SOPInstanceUID == stored.SOPInstanceUID  # the same instance in another syntax
+    assert not ds["PixelData"].is_undefined_length
+    # What pynetdicom puts on the wire for the accepted syntax, read back.
+    wire = encode(ds, target.is_implicit_VR, True, False)
+    assert wire is not None
+    received = decode(io.BytesIO(wire), target.is_implicit_VR, True)
+    received.file_meta = FileMetaDataset()
+    received.file_meta.TransferSyntaxUID = target
+    expected = dcmread(_testfile(reference)).pixel_array if reference else stored.pixel_array
+    assert np.array_equal(received.pixel_array, expected)
+    assert received.PhotometricInterpretation in ("MONOCHROME2", "RGB")
+    if received.SamplesPerPixel == 3:
+        assert received.PlanarConfiguration == 0
+
+
+def test_multiframe_rle_decodes_every_frame() -> None:
+    ds = decode_to(_testfile("SC_rgb_rle_2frame.dcm"), ExplicitVRLittleEndian)
+    assert ds.NumberOfFrames == 2
+    frames = ds.pixel_array
+    assert frames.shape == (2, 100, 100, 3)
+    assert np.array_equal(frames, dcmread(_testfile("SC_rgb_rle_2frame.dcm")).pixel_array)
+    assert np.array_equal(frames[0], dcmread(_testfile(RGB_REFERENCE)).pixel_array)
+
+
+def test_deflated_files_are_inflated_not_decoded() -> None:
+    path = _testfile("image_dfl.dcm")
+    assert dcmread(path).file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian
+    ds = decode_to(path, ExplicitVRLittleEndian)
+    assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    wire = encode(ds, False, True, False)
+    assert wire is not None
+    received = decode(io.BytesIO(wire), False, True)
+    assert received.PixelData == dcmread(path).PixelData
+
+
+def test_jpeg_baseline_ybr_full_422_becomes_rgb_and_is_marked_lossy(tmp_path: Path) -> None:
+    source = dcmread(_testfile("SC_rgb_dcmtk_+eb+cy+np.dcm"))
+    assert (source.file_meta.TransferSyntaxUID, source.PhotometricInterpretation) == (JPEGBaseline8Bit, "YBR_FULL_422")
+    del source.LossyImageCompression  # a writer that forgot it: decoding must not pass the pixels for originals
+    path = tmp_path / "baseline.dcm"
+    source.save_as(path, enforce_file_format=True)
+    ds = decode_to(path, ExplicitVRLittleEndian)
+    assert ds.PhotometricInterpretation == "RGB" and ds.PlanarConfiguration == 0
+    assert ds.LossyImageCompression == "01" and ds.LossyImageCompressionMethod == "ISO_10918_1"
+    assert len(ds.PixelData) == source.Rows * source.Columns * 3
+    # Close to the RGB original (lossy, 4:2:2 subsampled): the colour conversion was done.
+    original = dcmread(_testfile(RGB_REFERENCE)).pixel_array.astype(int)
+    assert np.abs(ds.pixel_array.astype(int) - original).mean() < 8
+
+
+def test_nested_encapsulated_pixel_data_is_decoded_too(tmp_path: Path) -> None:
+    source = dcmread(_testfile("MR_small_jp2klossless.dcm"))
+    icon = Dataset()
+    for keyword in ("SamplesPerPixel", "PhotometricInterpretation", "Rows", "Columns", "BitsAllocated"):
+        setattr(icon, keyword, source[keyword].value)
+    for keyword in ("BitsStored", "HighBit", "PixelRepresentation"):
+        setattr(icon, keyword, source[keyword].value)
+    icon["PixelData"] = copy.deepcopy(source["PixelData"])
+    source.IconImageSequence = [icon]
+    source.ExtendedOffsetTable = b"\x00" * 8
+    source.ExtendedOffsetTableLengths = len(source.PixelData).to_bytes(8, "little")
+    path = tmp_path / "icon.dcm"
+    source.save_as(path, enforce_file_format=True)
+    ds = decode_to(path, ImplicitVRLittleEndian)
+    assert "ExtendedOffsetTable" not in ds and "ExtendedOffsetTableLengths" not in ds
+    wire = encode(ds, True, True, False)
+    assert wire is not None
+    received = decode(io.BytesIO(wire), True, True)
+    received.file_meta = FileMetaDataset()
+    received.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    reference = dcmread(_testfile(MR_REFERENCE)).pixel_array
+    assert np.array_equal(received.pixel_array, reference)
+    nested = received.IconImageSequence[0]
+    assert len(nested.PixelData) == reference.nbytes
+    assert np.frombuffer(nested.PixelData, reference.dtype).reshape(reference.shape).tolist() == reference.tolist()
+
+
+@pytest.mark.parametrize(
+    ("syntax", "decodable"),
+    [
+        (ExplicitVRLittleEndian, True),
+        (ImplicitVRLittleEndian, True),
+        (DeflatedExplicitVRLittleEndian, True),
+        (JPEGBaseline8Bit, True),
+        (JPEGLosslessSV1, True),
+        (JPEGLSLossless, True),
+        (JPEG2000Lossless, True),
+        (RLELossless, True),
+        (ExplicitVRBigEndian, False),
+        (MPEG2MPML, False),
+        (UID("1.2.826.0.1.3680043.8.498.77"), False),
+    ],
+)
+def test_can_decode(syntax: UID, decodable: bool) -> None:
+    assert can_decode(syntax) is decodable
+
+
+def test_what_cannot_be_decoded_raises_a_transcode_error_naming_file_and_syntax(tmp_path: Path) -> None:
+    lossy12 = _testfile("JPEG-lossy.dcm")  # 12-bit JPEG extended that neither libjpeg nor Pillow decodes
+    with pytest.raises(TranscodeError, match=rf"{lossy12}: its JPEG Extended \(Process 2 and 4\) pixel data cannot"):
+        decode_to(lossy12, ExplicitVRLittleEndian)
+    big = _testfile("MR_small_bigendian.dcm")
+    with pytest.raises(TranscodeError, match=rf"{big} is stored in Explicit VR Big Endian \(a retired byte order"):
+        decode_to(big, ExplicitVRLittleEndian)
+    # Corrupt JPEG 2000: the codestream cut after its first bytes.
+    ds = dcmread(_testfile("MR_small_jp2klossless.dcm"))
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    ds.PixelData = encapsulate([frame[:64]])
+    corrupt = tmp_path / "corrupt.dcm"
+    ds.save_as(corrupt, enforce_file_format=True)
+    with pytest.raises(TranscodeError, match=r"corrupt\.dcm: its JPEG 2000 Image Compression \(Lossless Only\) pixel"):
+        decode_to(corrupt, ExplicitVRLittleEndian)
+    with pytest.raises(FileNotFoundError):
+        decode_to(tmp_path / "gone.dcm", ExplicitVRLittleEndian)
+    with pytest.raises(ValueError, match="not JPEG 2000"):
+        decode_to(corrupt, JPEG2000)
+
+
+def test_a_missing_decoder_plugin_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    decoder = get_decoder(JPEG2000Lossless)
+    monkeypatch.setattr(decoder, "_available", {})
+    monkeypatch.setattr(decoder, "_unavailable", {"pylibjpeg": ("pylibjpeg>=2.0", "pylibjpeg-openjpeg>=2.0")})
+    path = _testfile("MR_small_jp2klossless.dcm")
+    with pytest.raises(TranscodeError, match=r"MR_small_jp2klossless\.dcm: .* missing dependencies: pylibjpeg"):
+        decode_to(path, ExplicitVRLittleEndian)
+
+
+def test_jpeg_ls_prefers_pyjpegls_and_falls_back_to_the_other_plugins(monkeypatch: pytest.MonkeyPatch) -> None:
+    decoder = get_decoder(JPEGLSLossless)
+    if "pyjpegls" not in decoder.available_plugins:
+        pytest.skip("pyjpegls is not installed")
+    path = _testfile("MR_small_jpeg_ls_lossless.dcm")
+    reference = dcmread(_testfile(MR_REFERENCE)).pixel_array
+    used: list[str] = []
+    original = Dataset.decompress
+
+    def spy(self: Dataset, *args: Any, **kwargs: Any) -> Dataset:
+        used.append(kwargs.get("decoding_plugin", ""))
+        if kwargs.get("decoding_plugin") == "pyjpegls" and fail:
+            raise RuntimeError("simulated pyjpegls failure")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Dataset, "decompress", spy)
+    fail = False
+    assert np.array_equal(decode_to(path, ExplicitVRLittleEndian).pixel_array, reference)
+    assert used == ["pyjpegls"]
+    fail, used[:] = True, []
+    assert np.array_equal(decode_to(path, ExplicitVRLittleEndian).pixel_array, reference)
+    assert used == ["pyjpegls", ""]
