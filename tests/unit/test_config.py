@@ -143,8 +143,8 @@ def test_absolute_data_dir_is_kept(tmp_path: Path) -> None:
         # Unknown keys, at every level, say what is allowed there.
         (
             BASE + "[limit]\n",
-            "limit: unknown key (allowed here: node, limits, completion, workers, peers, analysis, sender, "
-            "duplicates, logging)",
+            "limit: unknown key (allowed here: node, limits, completion, workers, peers, analysis, rules, fallback, "
+            "sender, duplicates, logging)",
         ),
         (BASE + "colour = 1\n", "node.colour: unknown key (allowed here: ae_title, bind, port, data_dir)"),
         (
