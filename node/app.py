@@ -33,6 +33,7 @@ from node.errors import NodeError
 from node.jobs import JobStore
 from node.receive import Receiver, StoreHandler
 from node.routing import Router
+from node.routing.log import RoutingLog
 from node.send import Sender, sender_job_store
 from node.store import DiskGuard, Index, Spool, free_mb
 from node.store.completion import CompletionTimer
@@ -146,7 +147,12 @@ class NodeService:
         self.index = Index(node.index_path)
         self.jobs = analysis_job_store(config)
         self.send_jobs = sender_job_store(config)
-        self.router = Router(config, self.index, self.jobs)
+        self.routing_log = RoutingLog(node.data_dir / "routing.sqlite3")
+        self.router = Router(config, self.index, self.jobs, self.routing_log)
+        self._router_stop = threading.Event()
+        self._router_thread = threading.Thread(
+            target=self.router.run, args=(self._router_stop,), name="router", daemon=True
+        )
         guard = DiskGuard(node.data_dir, config.limits.min_free_disk_mb)
         self.handler = StoreHandler(
             self.spool,
@@ -154,6 +160,7 @@ class NodeService:
             guard,
             keep_first=config.duplicates.policy == "keep-first",
             reanalyse_late=config.completion.late_instances == "reanalyse",
+            on_stored=lambda *_: self.router.wake.set(),  # the router thread reads the new row; nothing else here
         )
         self.receiver = Receiver(config, self.handler)
         self.timer = CompletionTimer(self.index, config.completion, self.router.study_complete)
@@ -167,6 +174,7 @@ class NodeService:
         expired = self.jobs.requeue_expired()
         if expired:
             log.info("%d jobs of a previous run taken back", expired)
+        self._router_thread.start()
         self.receiver.start()
         self.timer.start()
         self.sender.start()
@@ -218,6 +226,9 @@ class NodeService:
         self.receiver.stop_listening()
         aborted = self.receiver.drain(deadline)
         step("associations")
+        self._router_stop.set()
+        self.router.wake.set()
+        self._router_thread.join(timeout=deadline)
         self.timer.stop()
         self.workers.stop(deadline)
         step("workers")
@@ -229,6 +240,7 @@ class NodeService:
         self.jobs.close()
         self.send_jobs.close()
         self.index.close()
+        self.routing_log.close()
         log.info("node stopped (%s; %d associations aborted at the deadline)", ", ".join(steps), aborted)
 
 
@@ -237,12 +249,12 @@ class NodeService:
 
 
 def load_models(config: NodeConfig) -> dict[str, Model]:
-    """Load (and checksum) every model in ``analysis.models``, with ``workers.threads`` threads each."""
+    """Load (and checksum) every model the rules use, with ``workers.threads`` threads each."""
     from node.analyse.card import find_card
     from node.analyse.runtime import Model
 
     models: dict[str, Model] = {}
-    for name in config.analysis.models:
+    for name in config.models_in_use():
         card = find_card(name, config.analysis.models_dir)
         models[name] = Model(card, threads=config.workers.threads)
     return models

@@ -15,7 +15,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p = sub.add_parser(
         "check-config",
         help="validate a config file (and its models) without starting anything",
-        description="Read FILE, check every key, and load the card of each model in analysis.models (which also "
+        description="Read FILE, check every key, and load the card of each model the rules use (which also "
         "checks the ONNX file's sha256). Prints 'FILE: valid' and a summary (exit 0), or every problem, one line "
         "each, on stderr (exit 1). Nothing is started, created or written.",
         epilog="example: pacs-node check-config config/node.toml",
@@ -25,14 +25,26 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def check_models(config: NodeConfig, source: str) -> tuple[list[ModelCard], list[str]]:
-    """Load the card of each model in ``analysis.models``; return the cards and one line per problem."""
+    """Load the card of each model the rules use; return the cards and one line per problem.
+
+    Problems are reported under the key that names the model: ``rules.N (name).analyse.J``,
+    ``fallback.analyse.J``, or ``analysis.models.J`` for a config without rules.
+    """
+    where: dict[str, str] = {}
+    for i, rule in enumerate(config.rules):
+        for j, name in enumerate(rule.analyse):
+            where.setdefault(name, f"rules.{i} ({rule.name}).analyse.{j}")
+    for j, name in enumerate(config.fallback.analyse):
+        where.setdefault(name, f"fallback.analyse.{j}")
+    for j, name in enumerate(config.analysis.models):
+        where.setdefault(name, f"analysis.models.{j}")
     cards: list[ModelCard] = []
     problems: list[str] = []
-    for i, name in enumerate(config.analysis.models):
+    for name in config.models_in_use():
         try:
             cards.append(find_card(name, config.analysis.models_dir))
         except NodeError as exc:
-            problems += [f"{source}: analysis.models.{i}: {line}" for line in str(exc).splitlines()]
+            problems += [f"{source}: {where.get(name, name)}: {line}" for line in str(exc).splitlines()]
     return cards, problems
 
 
@@ -63,9 +75,14 @@ def summary(config: NodeConfig, cards: list[ModelCard]) -> list[str]:
         label = "models" if i == 0 else ""
         lines.append(f"  {label:<9} {card.model.name} {card.model.version} (sha256 verified) in {card.directory}")
     if not cards:
-        lines.append("  models    none (analysis.models is empty: nothing is analysed)")
-    targets = ", ".join(config.analysis.send_results_to) or "nowhere (analysis.send_results_to is empty)"
-    lines.append(f"  results   sent to {targets}")
+        lines.append("  models    none (no rule analyses anything)")
+    if config.rules:
+        for i, rule in enumerate(config.rules):
+            label = "rules" if i == 0 else ""
+            lines.append(f"  {label:<9} {rule.name} [{rule.level}]")
+    else:
+        targets = ", ".join(config.analysis.send_results_to) or "nowhere (analysis.send_results_to is empty)"
+        lines.append(f"  results   sent to {targets}")
     return lines
 
 

@@ -27,7 +27,7 @@ from node.config import NodeConfig
 from node.errors import InputError, NodeError
 from node.jobs import Job, JobStore, LeaseLostError
 from node.jobs.kinds import ANALYSE
-from node.send import enqueue_send
+from node.jobs.sends import enqueue_send
 from node.store import Index
 from node.worker.study import analyse_study
 
@@ -48,7 +48,7 @@ class Worker:
     jobs, index
         This process's job store and index connections.
     models
-        Loaded models by name (``analysis.models``); a job naming another model fails without retry.
+        Loaded models by name (every model the rules use); a job naming another fails without retry.
     stop
         Set by the SIGTERM handler; checked between inference batches.
     """
@@ -122,16 +122,25 @@ class Worker:
         name = str(job.payload.get("model", ""))
         model = self.models.get(name)
         if model is None:
-            raise InputError(f"model '{name}' is not loaded by this worker (analysis.models: {', '.join(self.models)})")
+            raise InputError(f"model '{name}' is not loaded by this worker (it loads: {', '.join(self.models)})")
         data_dir = self.config.node.data_dir
         folder = self.config.node.outbox_dir / f"analyse-{job.id}"
+        series = job.payload.get("series")
         manifest = analyse_study(
-            str(job.payload["study"]), model, self.index, self.config.node.spool_dir, data_dir, folder, self._check
+            str(job.payload["study"]),
+            model,
+            self.index,
+            self.config.node.spool_dir,
+            data_dir,
+            folder,
+            self._check,
+            series_uid=str(series) if series else None,
         )
-        peers = self.config.analysis.send_results_to
+        # Jobs queued by the router name their destinations; older jobs use [analysis] send_results_to.
+        peers = [str(p) for p in job.payload.get("results_to", self.config.analysis.send_results_to)]
         for result in manifest.files:
             for peer in peers:
-                enqueue_send(self.jobs, peer, result.path, result.sop_instance_uid, result.sop_class_uid)
+                enqueue_send(self.jobs, peer, result.path, result.sop_instance_uid, result.sop_class_uid, job.priority)
         log.info("job %d: %d result files, sent to %s", job.id, len(manifest.files), ", ".join(peers) or "nobody")
 
     def _settle(self, job: Job, work: Callable[[Job], None]) -> None:

@@ -101,8 +101,11 @@ def analyse_study(
     folder: Path,
     progress: Progress | None = None,
     say: Callable[[str], None] = log.info,
+    *,
+    series_uid: str | None = None,
 ) -> Manifest:
-    """Analyse every series of the study that the model accepts; return the (possibly reused) manifest.
+    """Analyse every series of the study that the model accepts (or only ``series_uid``); return the
+    (possibly reused) manifest.
 
     Raises
     ------
@@ -117,7 +120,7 @@ def analyse_study(
         shutil.rmtree(folder)  # a partial earlier attempt
     folder.mkdir(parents=True)
     by_series: dict[str, list[Instance]] = defaultdict(list)
-    for row in index.instances(study_uid):
+    for row in index.instances(study_uid, series_uid):
         by_series[row.series_instance_uid].append(row)
     files: list[ResultFile] = []
     outcome: dict[str, str] = {}

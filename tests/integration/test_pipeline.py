@@ -15,6 +15,7 @@ from node.jobs import JobState, JobStore
 from node.jobs.kinds import ANALYSE
 from node.receive import Receiver, StoreHandler
 from node.routing import Router
+from node.routing.log import RoutingLog
 from node.send import enqueue_send, send_kind
 from node.store import DiskGuard, Index, Spool
 from node.store.completion import CompletionTimer
@@ -48,17 +49,26 @@ class Clock:
 class Pipeline:
     """Receiver, index, job store, router and completion timer on one injected clock."""
 
-    def __init__(self, tmp: Path, extra: str = "") -> None:
+    ANALYSIS = '\n[analysis]\nmodels = ["lung-nodule-ct"]\nsend_results_to = ["pacs"]\n'
+
+    def __init__(
+        self, tmp: Path, extra: str = "", *, peers: str = PEERS, analysis: str = ANALYSIS, rules: str = ""
+    ) -> None:
         self.clock = Clock()
         self.port = free_port()
-        text = node_toml(tmp / "data", self.port, peers=PEERS, extra=extra)
-        text += '\n[analysis]\nmodels = ["lung-nodule-ct"]\nsend_results_to = ["pacs"]\n'
-        self.config: NodeConfig = parse_config(text)
+        text = node_toml(tmp / "data", self.port, peers=peers, extra=extra) + analysis + "\n" + rules
+        self._build(parse_config(text))
+
+    def fresh_router(self) -> Router:
+        return Router(self.config, self.index, self.jobs, RoutingLog(self.config.node.data_dir / "routing.sqlite3"))
+
+    def _build(self, config: NodeConfig) -> None:
+        self.config = config
         node = self.config.node
         self.spool = Spool(node.spool_dir)
         self.index = Index(node.index_path, clock=self.clock)
         self.jobs = JobStore(node.jobs_path, clock=self.clock)
-        self.router = Router(self.config, self.index, self.jobs)
+        self.router = self.fresh_router()
         self.timer = CompletionTimer(self.index, self.config.completion, self.router.study_complete, clock=self.clock)
         reanalyse = self.config.completion.late_instances == "reanalyse"
         guard = DiskGuard(node.data_dir, 0)
@@ -106,7 +116,9 @@ def test_a_study_completes_after_release_and_the_quiet_period(pipeline: Pipeline
     assert pipeline.timer.check() == []
     pipeline.clock.now += 1
     assert pipeline.timer.check() == [STUDY]
-    assert analyse_jobs(pipeline.jobs) == [{"study": STUDY, "model": "lung-nodule-ct"}]
+    assert analyse_jobs(pipeline.jobs) == [
+        {"study": STUDY, "series": None, "model": "lung-nodule-ct", "results_to": ["pacs"]}
+    ]
     pipeline.clock.now += 100
     assert pipeline.timer.check() == []  # complete once
 
@@ -165,7 +177,9 @@ def test_a_dead_workers_job_comes_back_after_its_lease_and_its_results_are_made_
             assert assoc.send_c_store(path).Status == 0
         assoc.release()
         study = str(dcmread(next(folder.iterdir()), stop_before_pixels=True).StudyInstanceUID)
-        (job_id,) = p.router.study_complete(study)
+        assert p.router.study_complete(study) == ["analyse with lung-nodule-ct (results to pacs)"]
+        (job,) = p.jobs.list(kind=ANALYSE)
+        job_id = job.id
         lease = p.config.workers.lease_seconds
         # Worker A claims the job and dies without a word.
         claimed = p.jobs.claim(ANALYSE, "worker-A", lease)
