@@ -105,13 +105,14 @@ def run_test(args: argparse.Namespace) -> int:
             f"\nseries {uid} ({first.get('Modality', '?')}, '{first.get('SeriesDescription', '')}', "
             f"{len(members)} files)"
         )
-        instance_rules = [r for r in rules if r.level == "instance"]
-        for rule in instance_rules:
-            verdicts = [evaluate_all([rule], ds, facts, level="instance")[0] for _, ds in members]
-            hits = sum(v.matched for v in verdicts)
-            shown = next((v for v in verdicts if not v.matched), verdicts[0])
-            text = _line(shown, config)
-            print(f"{text} ({hits} of {len(members)} instances match)")
+        # Instance rules run on every instance, in order and with their stop semantics; shown per rule.
+        per_instance = [evaluate_all(rules, ds, facts, level="instance") for _, ds in members]
+        for column in zip(*per_instance, strict=True):
+            hits = sum(v.matched for v in column)
+            # Show why it failed where it was evaluated; "not evaluated" (an earlier stop) only otherwise.
+            misses = [v for v in column if not v.matched]
+            shown = next((v for v in misses if v.evaluated), misses[0] if misses else column[0])
+            print(f"{_line(shown, config)} ({hits} of {len(members)} instances match)")
         matched = False
         for verdict in evaluate_all(rules, first, facts, level="series") + evaluate_all(
             rules, first, facts, level="study"
