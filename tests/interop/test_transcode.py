@@ -30,7 +30,8 @@ from pydicom.uid import (
 from node.send.destination import Destination
 from node.send.scu import ScuSettings, Verdict, store_files
 from node.synth.phantom import make_phantom
-from tests.peers import StoreSCP
+from tests.nodeproc import NodeProcess
+from tests.peers import StoreSCP, storescu, wait_for
 from tests.tools import dciodvfy
 
 pytestmark = pytest.mark.interop
@@ -129,3 +130,53 @@ def test_a_compressed_series_arrives_decoded_and_pixel_identical_at_an_uncompres
         f"decoded for storescp in {transcoded:.2f} s ({count / transcoded:.1f}/s), "
         f"as stored in {as_stored:.2f} s ({count / as_stored:.1f}/s)"
     )
+
+
+def test_a_compressed_series_forwarded_by_the_node_arrives_decoded_at_an_uncompressed_only_storescp(
+    series: Series, tmp_path: Path
+) -> None:
+    """storescu -> pacs-node serve (stored compressed, as received) -> instance rule -> storescp (uncompressed)."""
+    with StoreSCP(transfer_syntaxes="uncompressed") as scp:
+        config = f"""
+[limits]
+min_free_disk_mb = 0
+[workers]
+count = 0
+[[peers]]
+name = "scanner"
+ae_title = "STORESCU"
+allow_store = true
+[[peers]]
+name = "scp"
+ae_title = "{scp.aet}"
+host = "127.0.0.1"
+port = {scp.port}
+[[rules]]
+name = "everything"
+level = "instance"
+forward = ["scp"]
+"""
+        # DCMTK storescu proposes one compressed syntax per run: JPEG 2000 lossless (-xv), then JPEG-LS (-xt).
+        groups = {JPEG2000Lossless: "-xv", JPEGLSLossless: "-xt"}
+        sent = [p for p in series.files if p.name.startswith("ct")]
+        with NodeProcess(tmp_path / "node", config) as node:
+            for syntax, option in groups.items():
+                folder = tmp_path / option
+                folder.mkdir()
+                for path in sent:
+                    if series.syntax[str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)] == syntax:
+                        (folder / path.name).symlink_to(path)
+                storescu(folder, node.port, aec="PACSNODE", extra=[option])
+            wait_for(lambda: len(scp.files()) == len(sent) or None, timeout=60, what="all forwarded")
+            assert node.stop() == 0
+        stored = {p.name: dcmread(p, stop_before_pixels=True) for p in (node.data_dir / "spool").rglob("*.dcm")}
+        received = {str(dcmread(p).SOPInstanceUID): dcmread(p) for p in scp.files()}
+    expected = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in sent}
+    # Stored as received (compressed), forwarded decoded.
+    assert {str(ds.SOPInstanceUID): ds.file_meta.TransferSyntaxUID for ds in stored.values()} == {
+        sop: series.syntax[sop] for sop in expected
+    }
+    assert set(received) == expected
+    for sop, ds in received.items():
+        assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+        assert np.array_equal(ds.pixel_array, series.pixels[sop]), f"{series.syntax[sop].name}: pixels differ"
