@@ -17,6 +17,7 @@ from node.jobs.types import (
     JobStateError,
     JobStoreError,
     LeaseLostError,
+    NewJob,
 )
 
 __all__ = [
@@ -28,5 +29,6 @@ __all__ = [
     "JobStore",
     "JobStoreError",
     "LeaseLostError",
+    "NewJob",
     "delay",
 ]

@@ -10,6 +10,7 @@ queued, running or done is never queued again.
 from __future__ import annotations
 
 from node.jobs.store import JobStore
+from node.jobs.types import NewJob
 
 SEND_KIND_PREFIX = "send:"
 
@@ -17,6 +18,14 @@ SEND_KIND_PREFIX = "send:"
 def send_kind(peer: str) -> str:
     """The job kind of sends to ``peer`` (a peer name from the config): ``send:<peer>``."""
     return f"{SEND_KIND_PREFIX}{peer}"
+
+
+def send_job(peer: str, path_rel: str, sop: str, sop_class: str, priority: int = 0) -> NewJob:
+    """The send job of one file to one peer, for :meth:`JobStore.enqueue_many` (see :func:`enqueue_send`)."""
+    if not peer or not path_rel or not sop or not sop_class:
+        raise ValueError("a send needs a peer, a path, a SOP Instance UID and a SOP Class UID")
+    payload = {"peer": peer, "path": path_rel, "sop": sop, "sop_class": sop_class}
+    return NewJob(send_kind(peer), payload, dedup_key=f"{peer}|{sop}", priority=priority, once=True)
 
 
 def enqueue_send(jobs: JobStore, peer: str, path_rel: str, sop: str, sop_class: str, priority: int = 0) -> int:
@@ -41,7 +50,4 @@ def enqueue_send(jobs: JobStore, peer: str, path_rel: str, sop: str, sop_class: 
         The job's id: a new job, or the queued, running or done job that already sends this instance to
         this peer (nothing is added then).
     """
-    if not peer or not path_rel or not sop or not sop_class:
-        raise ValueError("enqueue_send needs a peer, a path, a SOP Instance UID and a SOP Class UID")
-    payload = {"peer": peer, "path": path_rel, "sop": sop, "sop_class": sop_class}
-    return jobs.enqueue(send_kind(peer), payload, dedup_key=f"{peer}|{sop}", priority=priority, once=True)
+    return jobs.enqueue_many([send_job(peer, path_rel, sop, sop_class, priority)])[0]

@@ -21,7 +21,7 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -36,6 +36,7 @@ from node.jobs.types import (
     JobStateError,
     JobStoreError,
     LeaseLostError,
+    NewJob,
     job_from_row,
 )
 from node.sqlite import immediate_transaction
@@ -210,35 +211,56 @@ class JobStore:
         delivered is never delivered again). ``not_before`` is the earliest claim time (clock seconds),
         now when ``None``.
         """
-        if not kind:
+        return self.enqueue_many([NewJob(kind, payload, dedup_key, priority, not_before, once)])[0]
+
+    def enqueue_many(self, new: Sequence[NewJob]) -> builtins.list[int]:
+        """:meth:`enqueue` each job in one transaction (one commit, one fsync); return their ids in order."""
+        if any(not job.kind for job in new):
             raise ValueError("a job needs a kind")
-        text = json.dumps(dict(payload), sort_keys=True, separators=(",", ":"), allow_nan=False)
+        texts = [json.dumps(dict(j.payload), sort_keys=True, separators=(",", ":"), allow_nan=False) for j in new]
         now = self._clock()
+        ids: builtins.list[int] = []
+        added: builtins.list[tuple[int, NewJob]] = []
         with self._write() as conn:
-            existing = None if dedup_key is None else self._live_duplicate(conn, kind, dedup_key)
-            if existing is None and once and dedup_key is not None:
-                row = conn.execute(
-                    "SELECT id FROM jobs WHERE kind = ? AND dedup_key = ? AND state = 'done'", (kind, dedup_key)
-                ).fetchone()
-                if row is not None:
-                    log.debug("job %d %s: already done, not enqueued again", row[0], kind)
-                    return int(row[0])
-            if existing is not None:
-                conn.execute(
-                    "UPDATE jobs SET priority = ? WHERE id = ? AND state = 'queued' AND priority < ?",
-                    (priority, existing, priority),
+            for job, text in zip(new, texts, strict=True):
+                existing = self._existing(conn, job)
+                if existing is not None:
+                    ids.append(existing)
+                    continue
+                start = now if job.not_before is None else job.not_before
+                job_id = int(
+                    conn.execute(
+                        "INSERT INTO jobs (kind, payload, dedup_key, priority, state, not_before, created, updated)"
+                        " VALUES (?, ?, ?, ?, 'queued', ?, ?, ?) RETURNING id",
+                        (job.kind, text, job.dedup_key, job.priority, start, now, now),
+                    ).fetchone()[0]
                 )
-                log.debug("job %d %s: already live, not enqueued again", existing, kind)
-                return existing
-            job_id = int(
-                conn.execute(
-                    "INSERT INTO jobs (kind, payload, dedup_key, priority, state, not_before, created, updated)"
-                    " VALUES (?, ?, ?, ?, 'queued', ?, ?, ?) RETURNING id",
-                    (kind, text, dedup_key, priority, now if not_before is None else not_before, now, now),
-                ).fetchone()[0]
+                ids.append(job_id)
+                added.append((job_id, job))
+        for job_id, job in added:
+            log.info("job %d %s -> queued (priority %d)", job_id, job.kind, job.priority)
+        return ids
+
+    def _existing(self, conn: sqlite3.Connection, job: NewJob) -> int | None:
+        """The job that already does ``job``'s work (live, or done with ``once``); a live one's priority rises."""
+        if job.dedup_key is None:
+            return None
+        existing = self._live_duplicate(conn, job.kind, job.dedup_key)
+        if existing is not None:
+            conn.execute(
+                "UPDATE jobs SET priority = ? WHERE id = ? AND state = 'queued' AND priority < ?",
+                (job.priority, existing, job.priority),
             )
-        log.info("job %d %s -> queued (priority %d)", job_id, kind, priority)
-        return job_id
+            log.debug("job %d %s: already live, not enqueued again", existing, job.kind)
+            return existing
+        if job.once:
+            row = conn.execute(
+                "SELECT id FROM jobs WHERE kind = ? AND dedup_key = ? AND state = 'done'", (job.kind, job.dedup_key)
+            ).fetchone()
+            if row is not None:
+                log.debug("job %d %s: already done, not enqueued again", row[0], job.kind)
+                return int(row[0])
+        return None
 
     def claim(self, kinds: str | Collection[str], owner: str, lease_seconds: float) -> Job | None:
         """Take the next ready job of one of ``kinds``: highest priority first, then oldest.

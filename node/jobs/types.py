@@ -24,6 +24,7 @@ Errors::
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -116,6 +117,18 @@ COLUMNS = (
     "id, kind, payload, state, priority, attempts, not_before, created, updated,"
     " dedup_key, lease_owner, lease_expires, last_error"
 )
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """A job to add with :meth:`JobStore.enqueue_many` (the arguments of :meth:`JobStore.enqueue`)."""
+
+    kind: str
+    payload: Mapping[str, Any]
+    dedup_key: str | None = None
+    priority: int = 0
+    not_before: float | None = None
+    once: bool = False
 
 
 def job_from_row(row: tuple[Any, ...]) -> Job:

@@ -27,11 +27,11 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from node.config import NodeConfig, Rule
-from node.jobs import JobStore
+from node.jobs import JobStore, NewJob
 from node.jobs.kinds import ANALYSE, PRIORITY, analyse_key
-from node.jobs.sends import enqueue_send
+from node.jobs.sends import send_job
 from node.routing.log import Decision, RoutingLog
-from node.routing.match import Facts, Verdict, evaluate, evaluate_all
+from node.routing.match import Facts, Verdict, evaluate, evaluate_all, required_tags
 from node.store import Index, Instance
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,8 @@ class Router:
         self._instance_rules = [r for r in rules if r.level == "instance"]
         self._quiet_rules = [r for r in rules if r.level != "instance" and r.quiet_seconds is not None]
         self._later_rules = [r for r in rules if r.level != "instance"]
+        self._tags = list(required_tags(rules))
+        self._quiet_given: dict[str, float] = {}  # study -> quiet period already written to the index
         self.wake = threading.Event()  # set by the C-STORE handler: new rows to route
 
     # -- helpers -----------------------------------------------------------------------------------
@@ -72,7 +74,7 @@ class Router:
     def _header(self, row: Instance) -> Dataset | None:
         path = self.config.node.spool_dir / row.path
         try:
-            return dcmread(path, stop_before_pixels=True)
+            return dcmread(path, stop_before_pixels=True, specific_tags=self._tags)
         except (OSError, InvalidDicomError, ValueError, EOFError) as exc:
             log.warning("cannot read a stored instance's header for routing (%s)", type(exc).__name__)
             return None
@@ -92,16 +94,25 @@ class Router:
                 peers.append(name)
         return list(dict.fromkeys(peers)), problems
 
-    def _forward(self, names: Sequence[str], rows: Sequence[Instance], facts: Facts, priority: int) -> str:
+    def _forward(
+        self, names: Sequence[str], rows: Sequence[Instance], facts: Facts, priority: int, jobs: list[NewJob]
+    ) -> str:
         peers, problems = self._peers(names, facts)
         for peer in peers:
             for row in rows:
-                enqueue_send(self.jobs, peer, f"spool/{row.path}", row.sop_instance_uid, row.sop_class_uid, priority)
+                jobs.append(send_job(peer, f"spool/{row.path}", row.sop_instance_uid, row.sop_class_uid, priority))
         done = f"forward to {', '.join(peers)}" if peers else ""
         return "; ".join([done, *problems]).strip("; ")
 
     def _analyse(
-        self, rule: Rule | None, study: str, series: str | None, facts: Facts, models: Sequence[str], priority: int
+        self,
+        rule: Rule | None,
+        study: str,
+        series: str | None,
+        facts: Facts,
+        models: Sequence[str],
+        priority: int,
+        jobs: list[NewJob],
     ) -> str:
         results = rule.results_to if rule is not None else self.config.fallback.results_to
         if results is None:
@@ -112,18 +123,27 @@ class Router:
         for model in models:
             payload = {"study": study, "series": series, "model": model, "results_to": peers}
             key = analyse_key(model, study, series, count)
-            self.jobs.enqueue(ANALYSE, payload, dedup_key=key, priority=priority, once=True)
+            jobs.append(NewJob(ANALYSE, payload, dedup_key=key, priority=priority, once=True))
         done = f"analyse with {', '.join(models)} (results to {', '.join(peers) or 'nobody'})" if models else ""
         return "; ".join([done, *problems]).strip("; ")
 
-    def _act(self, verdict: Verdict, study: str, series: str | None, rows: Sequence[Instance], facts: Facts) -> str:
+    def _act(
+        self,
+        verdict: Verdict,
+        study: str,
+        series: str | None,
+        rows: Sequence[Instance],
+        facts: Facts,
+        jobs: list[NewJob],
+    ) -> str:
+        """Add the jobs of a matched rule to ``jobs``; return what they do, in words."""
         rule = verdict.rule
         if rule.discard:
             return "discard"
         priority = PRIORITY[rule.priority]
-        actions = [self._forward(rule.forward, rows, facts, priority) if rule.forward else ""]
+        actions = [self._forward(rule.forward, rows, facts, priority, jobs) if rule.forward else ""]
         if rule.analyse:
-            actions.append(self._analyse(rule, study, series, facts, rule.analyse, priority))
+            actions.append(self._analyse(rule, study, series, facts, rule.analyse, priority, jobs))
         return "; ".join(a for a in actions if a) or "nothing"
 
     @staticmethod
@@ -133,38 +153,46 @@ class Router:
     # -- instance feed -----------------------------------------------------------------------------
 
     def route_new(self, limit: int = 500) -> int:
-        """Route the instances stored since the cursor; return how many."""
-        cursor = self.log.cursor()
-        rows = self.index.instances_after(cursor, limit)
-        if not rows or not (self._instance_rules or self._quiet_rules):
-            if rows:
-                self.log.advance(rows[-1][0])
-            return len(rows)
-        now = self._clock()
-        for rowid, row in rows:
-            ds = self._header(row)
-            if ds is not None:
-                self._route_instance(row, ds, now)
-            self.log.advance(rowid)
+        """Route the instances stored since the cursor; return how many.
+
+        One batch is one transaction per store (jobs, routing log), not one per instance: the cursor
+        moves after the batch's jobs are committed, and routing a batch again after a crash finds the
+        same jobs (dedup keys) instead of adding new ones.
+        """
+        rows = self.index.instances_after(self.log.cursor(), limit)
+        if not rows:
+            return 0
+        if self._instance_rules or self._quiet_rules:
+            now = self._clock()
+            jobs: list[NewJob] = []
+            decisions: list[Decision] = []
+            for _, row in rows:
+                ds = self._header(row)
+                if ds is not None:
+                    self._route_instance(row, ds, now, jobs, decisions)
+            self.jobs.enqueue_many(jobs)
+            if decisions:
+                self.log.record(decisions, first_only=True)
+        self.log.advance(rows[-1][0])
         return len(rows)
 
-    def _route_instance(self, row: Instance, ds: Dataset, now: float) -> None:
+    def _route_instance(
+        self, row: Instance, ds: Dataset, now: float, jobs: list[NewJob], decisions: list[Decision]
+    ) -> None:
         facts = facts_of(row)
-        decisions = []
+        study, series = row.study_instance_uid, row.series_instance_uid
         for verdict in evaluate_all(self._instance_rules, ds, facts, level="instance"):
-            actions = (
-                self._act(verdict, row.study_instance_uid, row.series_instance_uid, [row], facts)
-                if verdict.matched
-                else ""
-            )
-            decisions.append(
-                self._decision(row.study_instance_uid, row.series_instance_uid, "instance", verdict, actions, now)
-            )
+            actions = self._act(verdict, study, series, [row], facts, jobs) if verdict.matched else ""
+            decisions.append(self._decision(study, series, "instance", verdict, actions, now))
         for rule in self._quiet_rules:
-            if rule.quiet_seconds is not None and evaluate(rule, ds, facts).matched:
-                self.index.set_quiet_seconds(row.study_instance_uid, rule.quiet_seconds)
-        if decisions:
-            self.log.record(decisions, first_only=True)
+            seconds = rule.quiet_seconds
+            if seconds is None or self._quiet_given.get(study, float("inf")) <= seconds:
+                continue
+            if evaluate(rule, ds, facts).matched:
+                self.index.set_quiet_seconds(study, seconds)
+                if len(self._quiet_given) > 10_000:  # a cache of what is written, not a record: keep it small
+                    self._quiet_given.clear()
+                self._quiet_given[study] = seconds
 
     def run(self, stop: threading.Event, poll_s: float = 0.5) -> None:
         """The router thread: route new instances whenever woken (or every ``poll_s``) until ``stop``."""
@@ -192,6 +220,7 @@ class Router:
             by_series.setdefault(row.series_instance_uid, []).append(row)
         decisions: list[Decision] = []
         actions: list[str] = []
+        jobs: list[NewJob] = []
         matched = False
         series_rules = [r for r in self._later_rules if r.level == "series"]
         for series_uid, members in by_series.items():
@@ -200,7 +229,7 @@ class Router:
                 continue
             facts = facts_of(members[0])
             for verdict in evaluate_all(series_rules, ds, facts, level="series"):
-                done = self._act(verdict, study_uid, series_uid, members, facts) if verdict.matched else ""
+                done = self._act(verdict, study_uid, series_uid, members, facts, jobs) if verdict.matched else ""
                 matched |= verdict.matched
                 actions += [done] if done else []
                 decisions.append(self._decision(study_uid, series_uid, "series", verdict, done, now))
@@ -209,12 +238,13 @@ class Router:
         facts = facts_of(rows[0])
         if first is not None:
             for verdict in evaluate_all(study_rules, first, facts, level="study"):
-                done = self._act(verdict, study_uid, None, rows, facts) if verdict.matched else ""
+                done = self._act(verdict, study_uid, None, rows, facts, jobs) if verdict.matched else ""
                 matched |= verdict.matched
                 actions += [done] if done else []
                 decisions.append(self._decision(study_uid, "*", "study", verdict, done, now))
         if not matched:
-            actions.append(self._fallback(study_uid, rows, facts, decisions, now))
+            actions.append(self._fallback(study_uid, rows, facts, decisions, now, jobs))
+        self.jobs.enqueue_many(jobs)
         self.log.record(decisions)
         log.info(
             "study complete (%d instances, %d series): %s",
@@ -225,14 +255,20 @@ class Router:
         return [a for a in actions if a]
 
     def _fallback(
-        self, study: str, rows: Sequence[Instance], facts: Facts, decisions: list[Decision], now: float
+        self,
+        study: str,
+        rows: Sequence[Instance],
+        facts: Facts,
+        decisions: list[Decision],
+        now: float,
+        jobs: list[NewJob],
     ) -> str:
         fallback = self.config.fallback
         parts = []
         if fallback.forward:
-            parts.append(self._forward(fallback.forward, rows, facts, PRIORITY["normal"]))
+            parts.append(self._forward(fallback.forward, rows, facts, PRIORITY["normal"], jobs))
         if fallback.analyse:
-            parts.append(self._analyse(None, study, None, facts, fallback.analyse, PRIORITY["normal"]))
+            parts.append(self._analyse(None, study, None, facts, fallback.analyse, PRIORITY["normal"], jobs))
         done = "; ".join(p for p in parts if p) or "nothing (no rule matched; [fallback] is empty)"
         decisions.append(
             Decision(study, "*", "study", "[fallback]", True, "no series or study rule matched", done, now)

@@ -20,6 +20,7 @@ from node.jobs import (
     JobStore,
     JobStoreError,
     LeaseLostError,
+    NewJob,
     delay,
 )
 
@@ -383,3 +384,25 @@ def test_search_finds_jobs_by_payload_text(store: JobStore) -> None:
     assert [j.id for j in store.search('"study":"1.2.3"')] == [b]
     assert [j.id for j in store.search('"path":"spool/1.2.3/')] == [a]
     assert len(store.search("m_1")) == 1 and len(store.search("m%1")) == 1  # LIKE wildcards are literal
+
+
+def test_enqueue_many_is_one_transaction_with_the_same_dedup_rules(store: JobStore) -> None:
+    done = store.enqueue("send:pacs", {"n": 0}, dedup_key="pacs|0", once=True)
+    assert store.claim("send:pacs", "w", 60) is not None
+    store.complete(done, "w")
+    ids = store.enqueue_many(
+        [
+            NewJob("send:pacs", {"n": 0}, dedup_key="pacs|0", once=True),  # done: found, not added
+            NewJob("send:pacs", {"n": 1}, dedup_key="pacs|1", once=True),
+            NewJob("send:pacs", {"n": 1}, dedup_key="pacs|1", once=True),  # twice in one batch: one job
+            NewJob("analyse", {"study": "1"}, priority=10),
+        ]
+    )
+    assert ids[0] == done and ids[1] == ids[2] and len(set(ids)) == 3
+    assert store.counts() == {
+        ("send:pacs", JobState.DONE): 1,
+        ("send:pacs", JobState.QUEUED): 1,
+        ("analyse", JobState.QUEUED): 1,
+    }
+    with pytest.raises(ValueError, match="kind"):
+        store.enqueue_many([NewJob("", {})])
