@@ -1,7 +1,7 @@
 """Errors of the send stage.
 
 The SCU does not raise for network problems or peer answers: it returns one outcome per file
-(:class:`node.send.scu.FileOutcome`). These errors are for what a person must fix::
+(:class:`node.send.outcomes.FileOutcome`). These errors are for what a person must fix::
 
     NodeError
     └── SendError               base of the send stage's errors

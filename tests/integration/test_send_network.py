@@ -44,9 +44,11 @@ from node.dicom.contexts import ACCEPTED_TRANSFER_SYNTAXES, UNCOMPRESSED
 from node.dicom.status import Status
 from node.jobs import JobState, JobStore
 from node.send import enqueue_send
+from node.send.association import make_ae as _make_ae
+from node.send.association import open_association as _open
 from node.send.destination import Destination
 from node.send.errors import DestinationError
-from node.send.scu import ScuSettings, Verdict, _make_ae, _open, build_context, echo, store_files
+from node.send.scu import ScuSettings, Verdict, build_context, echo, store_files
 from node.send.sender import Sender, sender_job_store
 
 HOST = "127.0.0.1"

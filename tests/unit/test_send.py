@@ -40,15 +40,15 @@ from node.config import Limits, NodeConfig, parse_config
 from node.dicom.status import Status
 from node.jobs import JobState, JobStore, delay
 from node.send import enqueue_send, send_kind
+from node.send.contexts import Item as _Item
+from node.send.contexts import groups as _groups
+from node.send.contexts import inspect as _inspect
 from node.send.destination import Destination, parse_host_port, resolve_destination
 from node.send.errors import DestinationError
 from node.send.scu import (
     MAX_CONTEXTS,
     ScuSettings,
     Verdict,
-    _groups,
-    _inspect,
-    _Item,
     classify,
     presentation_contexts,
     store_files,
