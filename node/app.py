@@ -5,8 +5,10 @@
     Receiver (pynetdicom SCP, a thread per association)
         └─ StoreHandler ──▶ Spool (fsync + rename) + Index (SQLite WAL)           DESIGN §4.1
     CompletionTimer (thread) ──▶ Router.study_complete ──▶ JobStore: "analyse" jobs
-    WorkerPool: N × ``pacs-node worker`` processes ──▶ results in outbox/ + "send:<peer>" jobs
-    Sender (threads per peer) ──▶ C-STORE to the PACS, retried with backoff, parked when dead
+    ChildProcesses: N × ``pacs-node worker`` ──▶ results in outbox/ + "send:<peer>" jobs
+    ChildProcesses: 1 × ``pacs-node sender`` (threads per peer) ──▶ C-STORE to the peers, retried with
+        backoff, parked when dead. Its own process: sending costs about as much CPU as receiving, and
+        in one Python process both would share one core (measured: forwarding halved the receive rate).
     Maintenance (thread): expired leases back to the queue, status.json for ``pacs-node status``
 
 The job store (``jobs.sqlite3``) is the only channel between the processes. SIGTERM drains: stop
@@ -34,7 +36,6 @@ from node.jobs import JobStore
 from node.receive import Receiver, StoreHandler
 from node.routing import Router
 from node.routing.log import RoutingLog
-from node.send import Sender, sender_job_store
 from node.store import DiskGuard, Index, Spool, free_mb
 from node.store.completion import CompletionTimer
 
@@ -67,10 +68,11 @@ def prepare_data_dir(config: NodeConfig) -> None:
         raise NodeError(f"node.data_dir {node.data_dir}: cannot create its folders: {exc.strerror}") from None
 
 
-class WorkerPool:
-    """``count`` worker processes, restarted when one dies (after a pause, so a crash loop stays slow)."""
+class ChildProcesses:
+    """``count`` processes running ``command``, restarted when one dies (after a pause: a crash loop stays slow)."""
 
-    def __init__(self, command: list[str], count: int, restart_delay_s: float = 5.0) -> None:
+    def __init__(self, name: str, command: list[str], count: int, restart_delay_s: float = 5.0) -> None:
+        self.name = name
         self.command = command
         self.count = count
         self.restart_delay_s = restart_delay_s
@@ -83,7 +85,7 @@ class WorkerPool:
 
     def _spawn(self, slot: int) -> None:
         self._procs[slot] = subprocess.Popen(self.command, stdin=subprocess.DEVNULL)
-        log.info("worker %d started (pid %d)", slot + 1, self._procs[slot].pid)  # type: ignore[union-attr]
+        log.info("%s %d started (pid %d)", self.name, slot + 1, self._procs[slot].pid)  # type: ignore[union-attr]
 
     def supervise(self) -> None:
         """Restart workers that exited; call periodically."""
@@ -104,7 +106,7 @@ class WorkerPool:
         return sum(1 for p in self._procs if p is not None and p.poll() is None)
 
     def stop(self, deadline_s: float) -> None:
-        """SIGTERM every worker (each releases its job), SIGKILL what is left after the deadline."""
+        """SIGTERM every process (each releases its jobs), SIGKILL what is left after the deadline."""
         procs = [p for p in self._procs if p is not None and p.poll() is None]
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
@@ -146,7 +148,6 @@ class NodeService:
         self.spool.cleanup_temp()  # before any association: no write is in progress yet
         self.index = Index(node.index_path)
         self.jobs = analysis_job_store(config)
-        self.send_jobs = sender_job_store(config)
         self.routing_log = RoutingLog(node.data_dir / "routing.sqlite3")
         self.router = Router(config, self.index, self.jobs, self.routing_log)
         self._router_stop = threading.Event()
@@ -164,9 +165,12 @@ class NodeService:
         )
         self.receiver = Receiver(config, self.handler)
         self.timer = CompletionTimer(self.index, config.completion, self.router.study_complete)
-        self.sender = Sender(config, self.send_jobs, self.stop)
-        command = [sys.executable, "-m", "node", "--log-level", log_level, "worker", "--config", str(config_path)]
-        self.workers = WorkerPool(command, config.workers.count)
+
+        def command(name: str) -> list[str]:
+            return [sys.executable, "-m", "node", "--log-level", log_level, name, "--config", str(config_path)]
+
+        self.workers = ChildProcesses("worker", command("worker"), config.workers.count)
+        self.sender = ChildProcesses("sender", command("sender"), 1)
         self.started = time.time()
 
     def run(self) -> None:
@@ -183,6 +187,7 @@ class NodeService:
         last_maintenance = 0.0
         while not self.stop.wait(0.5):
             self.workers.supervise()
+            self.sender.supervise()
             if time.monotonic() - last_maintenance >= 5.0:
                 last_maintenance = time.monotonic()
                 self._maintain()
@@ -205,6 +210,7 @@ class NodeService:
             "listening": f"{self.config.node.bind}:{self.receiver.port}",
             "associations": self.receiver.active_associations(),
             "workers_alive": self.workers.alive(),
+            "sender_alive": self.sender.alive(),
             "workers_configured": self.workers.count,
             "free_mb": round(free_mb(data_dir), 1),
         }
@@ -233,12 +239,11 @@ class NodeService:
         self.workers.stop(deadline)
         step("workers")
         self.stop.set()
-        self.sender.join(deadline)
+        self.sender.stop(deadline)
         step("sender")
         self.receiver.stop()
         (self.config.node.data_dir / STATUS_FILE).unlink(missing_ok=True)
         self.jobs.close()
-        self.send_jobs.close()
         self.index.close()
         self.routing_log.close()
         log.info("node stopped (%s; %d associations aborted at the deadline)", ", ".join(steps), aborted)
@@ -258,6 +263,23 @@ def load_models(config: NodeConfig) -> dict[str, Model]:
         card = find_card(name, config.analysis.models_dir)
         models[name] = Model(card, threads=config.workers.threads)
     return models
+
+
+def run_sender(config: NodeConfig) -> None:
+    """``pacs-node sender``: the sender threads until SIGTERM (claimed sends not started are released)."""
+    from node.send import Sender, sender_job_store
+
+    prepare_data_dir(config)
+    stop = threading.Event()
+    stop_on_signals(stop)
+    jobs = sender_job_store(config)
+    try:
+        sender = Sender(config, jobs, stop)
+        sender.start()
+        stop.wait()
+        sender.join(config.limits.drain_timeout_s)
+    finally:
+        jobs.close()
 
 
 def run_worker(config: NodeConfig) -> None:

@@ -38,6 +38,17 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     w.add_argument("--config", type=Path, required=True, metavar="FILE", help="the node's TOML config file")
     w.set_defaults(func=worker)
+    s = sub.add_parser(
+        "sender",
+        help="run the sender process (serve starts it; you need not)",
+        description="Claim 'send:<peer>' jobs from the job store in node.data_dir and C-STORE them to each peer "
+        "with sender.associations_per_peer associations, retrying with backoff and parking what cannot be sent. "
+        "serve starts one sender process itself, so that sending and receiving run on different cores. SIGTERM "
+        "finishes the instance in flight and gives the other claimed sends back.",
+        epilog="example: pacs-node sender --config config/node.toml",
+    )
+    s.add_argument("--config", type=Path, required=True, metavar="FILE", help="the node's TOML config file")
+    s.set_defaults(func=sender)
 
 
 def _config(args: argparse.Namespace) -> NodeConfig:
@@ -57,6 +68,13 @@ def serve(args: argparse.Namespace) -> int:
     service = NodeService(config, args.config.resolve(), log_level=args.log_level or config.logging.level)
     stop_on_signals(service.stop)
     service.run()
+    return 0
+
+
+def sender(args: argparse.Namespace) -> int:
+    from node.app import run_sender
+
+    run_sender(_config(args))
     return 0
 
 

@@ -194,10 +194,16 @@ class Router:
                     self._quiet_given.clear()
                 self._quiet_given[study] = seconds
 
-    def run(self, stop: threading.Event, poll_s: float = 0.5) -> None:
-        """The router thread: route new instances whenever woken (or every ``poll_s``) until ``stop``."""
+    def run(self, stop: threading.Event, poll_s: float = 0.5, gather_s: float = 0.05) -> None:
+        """The router thread: route new instances whenever woken (or every ``poll_s``) until ``stop``.
+
+        After a wake-up it waits ``gather_s`` so that instances arriving together are routed as one batch
+        (one commit per store for the batch instead of three per instance); forwarding starts at most
+        ``gather_s`` later.
+        """
         while not stop.is_set():
-            self.wake.wait(poll_s)
+            if self.wake.wait(poll_s):
+                stop.wait(gather_s)
             self.wake.clear()
             try:
                 while self.route_new() and not stop.is_set():
