@@ -18,6 +18,7 @@ its job), let the senders finish the instance in flight; a restart resumes from 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from node.audit import AuditTrail, audit_path
 from node.config import NodeConfig
 from node.errors import NodeError
 from node.jobs import JobStore
@@ -149,7 +151,8 @@ class NodeService:
         self.index = Index(node.index_path)
         self.jobs = analysis_job_store(config)
         self.routing_log = RoutingLog(node.data_dir / "routing.sqlite3")
-        self.router = Router(config, self.index, self.jobs, self.routing_log)
+        self.audit = AuditTrail(audit_path(node.data_dir), node.ae_title)
+        self.router = Router(config, self.index, self.jobs, self.routing_log, audit=self.audit)
         self._router_stop = threading.Event()
         self._router_thread = threading.Thread(
             target=self.router.run, args=(self._router_stop,), name="router", daemon=True
@@ -172,6 +175,7 @@ class NodeService:
         self.workers = ChildProcesses("worker", command("worker"), config.workers.count)
         self.sender = ChildProcesses("sender", command("sender"), 1)
         self.started = time.time()
+        self.config_sha256 = hashlib.sha256(config_path.read_bytes()).hexdigest() if config_path.exists() else ""
 
     def run(self) -> None:
         """Start every stage, supervise until ``stop``, then drain."""
@@ -180,6 +184,13 @@ class NodeService:
             log.info("%d jobs of a previous run taken back", expired)
         self._router_thread.start()
         self.receiver.start()
+        self._record(
+            "application-start",
+            listening=f"{self.config.node.bind}:{self.receiver.port}",
+            config_sha256=self.config_sha256,
+            peers=[p.name for p in self.config.peers],
+            rules=[r.name for r in self.config.effective_rules()],
+        )
         self.timer.start()
         self.sender.start()
         self.workers.start()
@@ -192,6 +203,12 @@ class NodeService:
                 last_maintenance = time.monotonic()
                 self._maintain()
         self.drain()
+
+    def _record(self, event: str, **fields: object) -> None:
+        try:
+            self.audit.record(event, "success", **fields)
+        except OSError as exc:
+            log.error("cannot write the audit trail %s: %s", self.audit.path, exc)
 
     def _maintain(self) -> None:
         try:
@@ -246,6 +263,7 @@ class NodeService:
         self.jobs.close()
         self.index.close()
         self.routing_log.close()
+        self._record("application-stop", aborted_associations=aborted)
         log.info("node stopped (%s; %d associations aborted at the deadline)", ", ".join(steps), aborted)
 
 
@@ -274,7 +292,7 @@ def run_sender(config: NodeConfig) -> None:
     stop_on_signals(stop)
     jobs = sender_job_store(config)
     try:
-        sender = Sender(config, jobs, stop)
+        sender = Sender(config, jobs, stop, audit=AuditTrail(audit_path(config.node.data_dir), config.node.ae_title))
         sender.start()
         stop.wait()
         sender.join(config.limits.drain_timeout_s)
@@ -294,7 +312,8 @@ def run_worker(config: NodeConfig) -> None:
     index = Index(config.node.index_path)
     try:
         jobs.requeue_expired()
-        Worker(config, jobs, index, models, stop).run()
+        audit = AuditTrail(audit_path(config.node.data_dir), config.node.ae_title)
+        Worker(config, jobs, index, models, stop, audit=audit).run()
     finally:
         jobs.close()
         index.close()

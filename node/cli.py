@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from node import __version__, logs
-from node.commands import analyse, echo, jobs, models, rules, send, serve, synth
+from node.commands import analyse, audit, echo, jobs, models, rules, send, serve, synth
 from node.commands import config as check_config
 from node.errors import NodeError
 
@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     echo.add_parser(sub)
     send.add_parser(sub)
     rules.add_parser(sub)
+    audit.add_parser(sub)
     analyse.add_parser(sub)
     synth.add_parser(sub)
     models.add_parser(sub)

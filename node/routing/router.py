@@ -26,6 +26,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from node.audit import AuditTrail
 from node.config import NodeConfig, Rule
 from node.jobs import JobStore, NewJob
 from node.jobs.kinds import ANALYSE, PRIORITY, analyse_key
@@ -54,8 +55,10 @@ class Router:
         routing_log: RoutingLog,
         *,
         clock: Callable[[], float] = time.time,
+        audit: AuditTrail | None = None,
     ) -> None:
         self.config = config
+        self.audit = audit
         self.index = index
         self.jobs = jobs
         self.log = routing_log
@@ -252,6 +255,7 @@ class Router:
             actions.append(self._fallback(study_uid, rows, facts, decisions, now, jobs))
         self.jobs.enqueue_many(jobs)
         self.log.record(decisions)
+        self._audit_received(study_uid, rows, len(by_series))
         log.info(
             "study complete (%d instances, %d series): %s",
             len(rows),
@@ -259,6 +263,18 @@ class Router:
             "; ".join(a for a in actions if a) or "no action",
         )
         return [a for a in actions if a]
+
+    def _audit_received(self, study: str, rows: Sequence[Instance], series: int) -> None:
+        if self.audit is None:
+            return
+        senders: dict[str, int] = {}
+        for row in rows:
+            key = f"{row.calling_ae}@{row.source_address}"
+            senders[key] = senders.get(key, 0) + 1
+        try:
+            self.audit.record("study-received", study=study, instances=len(rows), series=series, sent_by=senders)
+        except OSError as exc:  # the study is stored and routed; a lost audit record is reported
+            log.error("cannot write the audit trail %s: %s", self.audit.path, exc)
 
     def _fallback(
         self,

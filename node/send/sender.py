@@ -32,9 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from node import logs
+from node.audit import AuditTrail
 from node.config import Limits, NodeConfig, Peer
 from node.config import Sender as SenderSection
-from node.jobs import Job, JobError, JobStore, LeaseLostError, delay
+from node.jobs import Job, JobError, JobState, JobStore, LeaseLostError, delay
 from node.jobs.sends import send_kind
 from node.send.destination import Destination
 from node.send.scu import FileOutcome, ScuSettings, Verdict, store_files
@@ -134,6 +135,7 @@ class Sender:
         batch: int = BATCH,
         poll_s: float = POLL_S,
         stall_retries: int = 2,
+        audit: AuditTrail | None = None,
     ) -> None:
         if batch < 1 or poll_s <= 0:
             raise ValueError("batch must be 1 or more and poll_s positive")
@@ -147,6 +149,7 @@ class Sender:
         self._clock = clock
         self._data_dir = config.node.data_dir.resolve()
         self._threads: list[threading.Thread] = []
+        self.audit = audit
 
     @property
     def peers(self) -> list[Peer]:
@@ -242,7 +245,26 @@ class Sender:
             self._settle(batch, job, outcome.verdict, outcome.reason)
             self._heartbeat(batch)
 
-        store_files(Destination.from_peer(peer), batch.files, self.settings, on_result=on_result, stop=self.stop)
+        outcomes = store_files(
+            Destination.from_peer(peer), batch.files, self.settings, on_result=on_result, stop=self.stop
+        )
+        if self.audit is not None:
+            sent = [batch.file_jobs[o.index] for o in outcomes if o.sent]
+            studies = sorted(
+                {str(j.payload["path"]).split("/")[1] for j in sent if str(j.payload["path"]).startswith("spool/")}
+            )
+            failed = sum(1 for o in outcomes if o.verdict in (Verdict.RETRY, Verdict.PARK))
+            outcome = "success" if not failed else "serious failure"
+            self._audit(
+                "instances-sent",
+                outcome,
+                peer=peer.name,
+                ae_title=peer.ae_title,
+                host=peer.host,
+                sent=len(sent),
+                failed=failed,
+                forwarded_studies=studies,
+            )
 
     def _settle(self, batch: _Batch, job: Job, verdict: Verdict, reason: str) -> None:
         """Record a job's outcome in the store; a lost lease is logged (the job is another owner's now)."""
@@ -254,11 +276,21 @@ class Sender:
             elif verdict is Verdict.CANCELLED:
                 self.jobs.release(job.id, batch.owner)
             else:
-                self.jobs.fail(job.id, batch.owner, reason, retry=verdict is Verdict.RETRY)
+                state = self.jobs.fail(job.id, batch.owner, reason, retry=verdict is Verdict.RETRY)
+                if state is JobState.DEAD:
+                    self._audit("job-failed", "serious failure", job=job.id, kind=job.kind, reason=reason)
         except LeaseLostError:
             log.warning("job %d %s: lease lost before its outcome (%s) was recorded", job.id, job.kind, verdict)
         except JobError:  # the store failed (disk, lock): the job comes back when its lease expires
             log.error("job %d %s: outcome (%s) not recorded", job.id, job.kind, verdict, exc_info=True)
+
+    def _audit(self, event: str, outcome: str, **fields: object) -> None:
+        if self.audit is None:
+            return
+        try:
+            self.audit.record(event, outcome, **fields)
+        except OSError as exc:  # the send happened; a lost audit record is reported, not a reason to stop
+            log.error("cannot write the audit trail %s: %s", self.audit.path, exc)
 
     def _heartbeat(self, batch: _Batch) -> None:
         now = self._clock()

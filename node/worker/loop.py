@@ -23,9 +23,10 @@ from collections.abc import Callable, Mapping
 
 from node import logs
 from node.analyse.runtime import Model
+from node.audit import AuditTrail
 from node.config import NodeConfig
 from node.errors import InputError, NodeError
-from node.jobs import Job, JobStore, LeaseLostError
+from node.jobs import Job, JobState, JobStore, LeaseLostError
 from node.jobs.kinds import ANALYSE
 from node.jobs.sends import enqueue_send
 from node.store import Index
@@ -62,7 +63,9 @@ class Worker:
         stop: threading.Event,
         *,
         poll_s: float = 0.5,
+        audit: AuditTrail | None = None,
     ) -> None:
+        self.audit = audit
         self.config = config
         self.jobs = jobs
         self.index = index
@@ -166,6 +169,12 @@ class Worker:
 
     def _record_failure(self, job: Job, error: str, *, retry: bool) -> None:
         try:
-            self.jobs.fail(job.id, self.owner, error, retry=retry)
+            state = self.jobs.fail(job.id, self.owner, error, retry=retry)
         except LeaseLostError:
             log.warning("job %d failed after its lease was taken back", job.id)
+            return
+        if state is JobState.DEAD and self.audit is not None:
+            try:
+                self.audit.record("job-failed", "serious failure", job=job.id, kind=job.kind, reason=error[:500])
+            except OSError as exc:
+                log.error("cannot write the audit trail %s: %s", self.audit.path, exc)

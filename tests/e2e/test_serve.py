@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -87,6 +88,12 @@ def test_storescu_study_comes_back_to_orthanc_as_valid_seg_and_sr(
         assert errors == [], errors
     # Orthanc has the source study too? No: only the results were sent to it.
     assert len(pacs.find_instances(study)) == 2
+    # The audit trail tells the story, without the patient's identity.
+    audit = (tmp_path / "node" / "data" / "audit" / "audit.jsonl").read_text()
+    events = [json.loads(line)["event"] for line in audit.splitlines()]
+    assert events[0] == "application-start" and events[-1] == "application-stop"
+    assert "study-received" in events and "instances-sent" in events
+    assert "PHANTOM" not in audit and "PatientName" not in audit
 
 
 def test_a_pacs_that_is_down_gets_the_results_once_it_is_back(
