@@ -34,6 +34,7 @@ __all__ = [
     "Orthanc",
     "PeerError",
     "StoreSCP",
+    "dcmtk_tls",
     "echoscu",
     "free_port",
     "storescu",
@@ -588,9 +589,34 @@ def echoscu(
     aet: str = "ECHOSCU",
     *,
     nodelay: bool = True,
+    extra: Sequence[str] = (),
     timeout: float = 30.0,
     check: bool = True,
 ) -> subprocess.CompletedProcess[str]:
-    """C-ECHO to 127.0.0.1:``port`` with DCMTK ``echoscu``; raises :class:`PeerError` on failure if ``check``."""
-    args = [require_tool("echoscu", "dcmtk"), "-v", "-aet", aet, "-aec", aec, "-to", "10", HOST, str(port)]
+    """C-ECHO to 127.0.0.1:``port`` with DCMTK ``echoscu`` (``extra``: more options, e.g. :func:`dcmtk_tls`);
+    raises :class:`PeerError` on failure if ``check``."""
+    args = [require_tool("echoscu", "dcmtk"), "-v", "-aet", aet, "-aec", aec, "-to", "10", *extra, HOST, str(port)]
     return _run(args, nodelay, timeout, check)
+
+
+def dcmtk_tls(
+    key: Path | None = None,
+    certificate: Path | None = None,
+    trust: Iterable[Path] = (),
+    *,
+    peer_certificate: Literal["require", "verify", "ignore"] = "require",
+) -> list[str]:
+    """DCMTK's TLS options (``storescu``, ``echoscu``, ``storescp``; DCMTK built with OpenSSL), for ``extra``.
+
+    ``key`` + ``certificate`` (PEM, unencrypted): ``+tls KEY CERT``; without them ``+tla`` (TLS without a
+    certificate of our own: a client only). ``trust``: a ``+cf CA`` per CA file the peer's certificate may
+    chain to. ``peer_certificate``: ``-rc`` (verify it, fail if absent: DCMTK's default), ``-vc`` (verify it
+    if present; ``storescp`` only) or ``-ic`` (do not verify it). The security profile is DCMTK's default,
+    Non-downgrading BCP 195 (``+py``: TLS 1.2 or newer).
+    """
+    if (key is None) != (certificate is None):
+        raise ValueError("give key and certificate, or neither")
+    args = ["+tls", str(key), str(certificate)] if key is not None else ["+tla"]
+    for ca in trust:
+        args += ["+cf", str(ca)]
+    return [*args, {"require": "-rc", "verify": "-vc", "ignore": "-ic"}[peer_certificate]]

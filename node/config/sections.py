@@ -27,6 +27,8 @@ from node.config.base import (
     _network,
     _Section,
 )
+from node.config.deid import Deidentify
+from node.config.tls import ListenerTLS, PeerTLSSetting
 from node.paths import default_models_dir
 
 
@@ -37,6 +39,7 @@ class NodeSection(_Section):
     bind: IPAddress = "127.0.0.1"
     port: Port = 11112
     data_dir: ConfigPath
+    tls: ListenerTLS | None = None  # [node.tls]: the listener speaks TLS only (node.config.tls)
 
     # Below data_dir: spool/ (received instances), index.sqlite3 (studies, series, instances), jobs.sqlite3
     # (the job store shared with the workers), outbox/ (waiting to be sent), logs/.
@@ -103,6 +106,8 @@ class Peer(_Section):
     port: Port | None = None
     allow_store: bool = False
     addresses: Annotated[tuple[Annotated[IPNetwork, BeforeValidator(_network)], ...], Field(strict=False)] = ()
+    tls: PeerTLSSetting = None  # we send to it over TLS (node.config.tls)
+    deidentify: Deidentify | None = None  # every send to it de-identified (node.config.deid)
 
     def _relations(self) -> list[tuple[Loc, str]]:
         problems: list[tuple[Loc, str]] = []
@@ -111,6 +116,9 @@ class Peer(_Section):
             problems.append(((key,), "missing: give host and port to send to this peer, or neither"))
         if self.addresses and not self.allow_store:
             problems.append((("addresses",), "only restricts a peer that may send to us: set allow_store = true"))
+        if self.tls is not None and self.host is None and self.port is None:
+            why = "only for sending to this peer: give host and port (the listener's TLS is [node.tls])"
+            problems.append((("tls",), why))
         return problems
 
     @property

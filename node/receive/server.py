@@ -1,9 +1,20 @@
-"""The node's AE and listener: storage and verification SCP, policy, limits, TCP_NODELAY."""
+"""The node's AE and listener: storage and verification SCP, policy, limits, TCP_NODELAY, TLS.
+
+With ``[node.tls]`` the listener speaks TLS only (PS3.15 Annex B; :mod:`node.dicom.tls` builds the
+context): there is no second, plain port. pynetdicom would do each TLS handshake on the listener's own
+thread, right after ``accept``, with no timeout, so one silent client would block every other one; here
+the accepted socket is wrapped without a handshake, and the handshake runs on the connection's own thread
+within ``limits.acse_timeout_s``. A connection whose handshake fails (no or an untrusted client
+certificate under mutual TLS, an old TLS version, a plain DICOM client) is closed before any association
+exists, and logged as a WARNING once per client address and reason (repeats at DEBUG).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
+import ssl
 import threading
 import time
 from typing import Any
@@ -13,20 +24,101 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from node.config import NodeConfig
+from node.config.tls import ListenerTLS
 from node.dicom.contexts import ACCEPTED_TRANSFER_SYNTAXES
+from node.dicom.tls import explain, server_context
 from node.receive.handlers import StoreHandler
 from node.receive.policy import Policy, PolicyAE
 
 log = logging.getLogger(__name__)
 
 
+class _HandshakeLog:
+    """Logs a refused TLS handshake once per (client address, reason) as a WARNING, repeats at DEBUG."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._logged: set[tuple[str, str]] = set()
+
+    def refused(self, address: str, reason: str) -> None:
+        with self._lock:
+            first = (address, reason) not in self._logged
+            self._logged.add((address, reason))
+        log.log(logging.WARNING if first else logging.DEBUG, "TLS connection from %s refused: %s", address, reason)
+
+
 class _NoDelayServer(ThreadedAssociationServer):
-    """Sets TCP_NODELAY on every accepted socket: with Nagle on, each C-STORE response waits for an ACK."""
+    """Sets TCP_NODELAY on every accepted socket (with Nagle on, each C-STORE response waits for an ACK);
+    with TLS, wraps it and shakes hands on the connection's thread (see the module's docstring)."""
+
+    def __init__(self, *args: Any, handshake_timeout: float = 30.0, min_version: str = "1.2", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.handshake_timeout = handshake_timeout
+        self.min_version = min_version
+        self.refusals = _HandshakeLog()
+        self._handshaking: set[ssl.SSLSocket] = set()
+        self._handshaking_lock = threading.Lock()
+        self._closing = False
 
     def get_request(self) -> tuple[socket.socket, Any]:
-        sock, address = super().get_request()
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.socket is None:  # closed by shutdown(); socketserver ignores an OSError here
+            raise OSError("the listening socket is closed")
+        sock, address = self.socket.accept()
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # the wrapped socket shares the descriptor
+        if self.ssl_context is not None:
+            try:
+                sock = self.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+            except OSError:
+                sock.close()
+                raise
         return sock, address
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if isinstance(request, ssl.SSLSocket) and not self._handshake(request, str(client_address[0])):
+            self.shutdown_request(request)
+            return
+        super().finish_request(request, client_address)
+
+    def _handshake(self, sock: ssl.SSLSocket, address: str) -> bool:
+        """The TLS handshake within the timeout; ``False`` (and the reason logged) when it failed."""
+        previous = sock.gettimeout()
+        sock.settimeout(self.handshake_timeout)
+        with self._handshaking_lock:
+            self._handshaking.add(sock)
+        try:
+            sock.do_handshake()
+        except OSError as exc:  # ssl.SSLError, a timeout, a reset
+            if not self._closing:
+                why = explain(exc, "server", min_version=self.min_version, timeout=self.handshake_timeout)
+                self.refusals.refused(address, why)
+            return False
+        finally:
+            with self._handshaking_lock:
+                self._handshaking.discard(sock)
+        sock.settimeout(previous)
+        return True
+
+    def server_close(self) -> None:
+        """Close the listener; end handshakes in progress (socketserver waits for their threads)."""
+        self._closing = True
+        with self._handshaking_lock:
+            pending = list(self._handshaking)
+        for sock in pending:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # do_handshake returns at once with an error
+        super().server_close()
+
+
+def _tls_words(tls: ListenerTLS | None) -> str:
+    """`` (TLS 1.2 or newer only; client certificates required)`` for the listening log line."""
+    if tls is None:
+        return ""
+    clients = "not asked for"
+    if tls.require_client_certificate:
+        clients = "required"
+    elif tls.ca_certificates is not None:
+        clients = "verified when sent"
+    return f" (TLS {tls.min_version} or newer only; client certificates {clients})"
 
 
 class Receiver:
@@ -57,6 +149,7 @@ class Receiver:
                 ae.add_supported_context(context.abstract_syntax, list(ACCEPTED_TRANSFER_SYNTAXES))
         ae.add_supported_context(Verification)
         self.ae = ae
+        self.ssl_context = server_context(config.node.tls) if config.node.tls is not None else None
         self._server: ThreadedAssociationServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -71,12 +164,19 @@ class Receiver:
         """Bind and listen; raises ``OSError`` if the address is taken or not allowed."""
         node = self.config.node
         handlers: list[Any] = [*self.handler.bindings(), (evt.EVT_REJECTED, self._rejected)]
-        server = self.ae.make_server((node.bind, node.port), evt_handlers=handlers, server_class=_NoDelayServer)
+        server = self.ae.make_server(
+            (node.bind, node.port),
+            ssl_context=self.ssl_context,
+            evt_handlers=handlers,
+            server_class=_NoDelayServer,
+            handshake_timeout=self.config.limits.acse_timeout_s,
+            min_version=node.tls.min_version if node.tls is not None else "1.2",
+        )
         self.ae._servers.append(server)  # pynetdicom's own start_server does this: shutdown() expects it
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, name="dicom-listener", daemon=True)
         self._thread.start()
-        log.info("listening as %s on %s:%d", node.ae_title, node.bind, self.port)
+        log.info("listening as %s on %s:%d%s", node.ae_title, node.bind, self.port, _tls_words(node.tls))
 
     def _rejected(self, event: evt.Event) -> None:
         """Log why an association was rejected (the reason pynetdicom's checks found, in words)."""

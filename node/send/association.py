@@ -5,9 +5,11 @@
 - :func:`pynetdicom_options`: pynetdicom's process-wide options this package needs, set once
   (``STORE_SEND_CHUNKED_DATASET``: a file given by path is sent as it is stored, never decoded).
 - :func:`open_association`: TCP_NODELAY on the socket (pynetdicom never sets it; with Nagle each C-STORE
-  waits for a delayed ACK), our maximum PDU from the settings (0 = unlimited); a failed attempt returns
-  why in words (unresolvable host, refused connection, rejection, no accepted context, ACSE timeout),
-  never raises.
+  waits for a delayed ACK), our maximum PDU from the settings (0 = unlimited), TLS for a destination with
+  TLS settings (pynetdicom's ``tls_args``: the context of :func:`node.dicom.tls.client_context` and the
+  destination's host as the name its certificate must hold); a failed attempt returns why in words
+  (unresolvable host, refused connection, a TLS handshake that failed and why, rejection, no accepted
+  context, ACSE timeout), never raises.
 - :func:`close_association` releases (or aborts) an association; :func:`no_response` says why a C-STORE
   or C-ECHO got no response (the DIMSE timeout, or the association aborted or lost).
 """
@@ -26,6 +28,8 @@ from pynetdicom import AE, _config, evt
 from pynetdicom.presentation import PresentationContext
 
 from node.config import NodeConfig
+from node.dicom.tls import TLSAttempt
+from node.errors import ConfigError
 from node.send.destination import Destination
 
 __all__ = ["ScuSettings", "close_association", "make_ae", "no_response", "open_association", "pynetdicom_options"]
@@ -127,6 +131,13 @@ def open_association(
 ) -> _Opened:
     """Open an association; pynetdicom aborts one whose contexts were all refused (``nothing_accepted``)."""
     connected = threading.Event()
+    where = f"{destination.host}:{destination.port}"
+    tls: TLSAttempt | None = None
+    if destination.tls is not None:
+        try:
+            tls = TLSAttempt(destination.tls, destination.host)
+        except ConfigError as exc:  # a certificate or key file changed since the config was loaded
+            return _Opened(why=f"peer {destination.name or where}: {exc}")
     started = time.monotonic()
     try:
         assoc = ae.associate(
@@ -136,13 +147,16 @@ def open_association(
             ae_title=destination.ae_title,
             max_pdu=settings.max_pdu,
             evt_handlers=[(evt.EVT_CONN_OPEN, _on_connect, [connected])],
+            tls_args=tls.tls_args if tls is not None else None,
         )
     except OSError as exc:  # socket.gaierror: the host name does not resolve
         return _Opened(why=f"cannot resolve host '{destination.host}' ({exc})")
     if assoc.is_established:
         return _Opened(assoc)
     elapsed = time.monotonic() - started
-    where = f"{destination.host}:{destination.port}"
+    tls_failure = tls.why(where) if tls is not None else None
+    if tls_failure is not None:
+        return _Opened(why=tls_failure)
     answer = assoc.acceptor.primitive
     if assoc.is_rejected and answer is not None:
         how = f"{answer.result_str.lower()}, by the {answer.source_str.lower()}"

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from node.config import Peer
+from node.config.deid import Deidentify
+from node.config.tls import PeerTLS
 from node.send.errors import DestinationError
 
 DEFAULT_CALLED_AE = "ANY-SCP"
@@ -23,19 +25,25 @@ class Destination:
         Where it listens: a host name or an IP address, and a TCP port.
     name
         The peer's name in the config, or ``None`` for an address given on the command line.
+    tls
+        The peer's TLS settings when associations to it go over TLS (its ``tls`` in the config), else ``None``.
+    deidentify
+        The peer's ``deidentify`` when every instance sent to it is de-identified (:mod:`node.send.deidentify`).
     """
 
     ae_title: str
     host: str
     port: int
     name: str | None = None
+    tls: PeerTLS | None = None
+    deidentify: Deidentify | None = None
 
     @classmethod
     def from_peer(cls, peer: Peer) -> Destination:
         """The destination of a configured peer; :class:`DestinationError` if it has no host and port."""
         if peer.host is None or peer.port is None:
             raise DestinationError(f"peer '{peer.name}' has no host and port to send to (add them to its [[peers]])")
-        return cls(peer.ae_title, peer.host, peer.port, peer.name)
+        return cls(peer.ae_title, peer.host, peer.port, peer.name, peer.tls, peer.deidentify)
 
     @property
     def address(self) -> str:
@@ -79,7 +87,7 @@ def resolve_destination(spec: str, peers: Sequence[Peer], called_ae: str | None 
         if peer.name == spec:
             destination = Destination.from_peer(peer)
             if called_ae:
-                destination = Destination(called_ae, destination.host, destination.port, destination.name)
+                destination = replace(destination, ae_title=called_ae)
             return destination
     address = parse_host_port(spec)
     if address is not None:

@@ -146,14 +146,15 @@ def test_absolute_data_dir_is_kept(tmp_path: Path) -> None:
             "limit: unknown key (allowed here: node, limits, completion, workers, peers, analysis, rules, fallback, "
             "sender, duplicates, logging)",
         ),
-        (BASE + "colour = 1\n", "node.colour: unknown key (allowed here: ae_title, bind, port, data_dir)"),
+        (BASE + "colour = 1\n", "node.colour: unknown key (allowed here: ae_title, bind, port, data_dir, tls)"),
         (
             BASE + "[completion]\nquiet = 5\n",
             "completion.quiet: unknown key (allowed here: quiet_seconds, max_wait_seconds, late_instances)",
         ),
         (
-            BASE + PACS + "tls = true\n",
-            "peers.0.tls: unknown key (allowed here: name, ae_title, host, port, allow_store, addresses)",
+            BASE + PACS + "tls = { verify = false }\n",
+            "peers.0.tls.verify: unknown key (allowed here: ca_certificates, certificate, private_key, "
+            "verify_hostname, min_version)",
         ),
         (
             BASE + '[analysis]\nmodel = "x"\n',
@@ -354,3 +355,154 @@ def test_check_config_valid_with_a_verified_model(tmp_path: Path) -> None:
     assert "threshold-test 1.0 (sha256 verified)" in done.stdout
     assert "results   sent to nowhere" in done.stdout
     assert not (tmp_path / "data").exists(), "check-config must not create anything"
+
+
+# --- TLS: [node.tls] and a peer's tls -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pem(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of PEM files made by trustme: ca.pem, node.pem + node.key, other.key (another certificate's)."""
+    import trustme
+
+    folder = tmp_path_factory.mktemp("pem")
+    ca = trustme.CA()
+    leaf = ca.issue_cert("node.example.org")
+    ca.cert_pem.write_to_path(str(folder / "ca.pem"))
+    leaf.cert_chain_pems[0].write_to_path(str(folder / "node.pem"))
+    leaf.private_key_pem.write_to_path(str(folder / "node.key"))
+    ca.issue_cert("other.example.org").private_key_pem.write_to_path(str(folder / "other.key"))
+    (folder / "notes.txt").write_text("not a certificate\n")
+    (folder / "certs").mkdir()
+    return folder
+
+
+LISTENER = '[node.tls]\ncertificate = "node.pem"\nprivate_key = "node.key"\n'
+TLS_PEER = PACS + "tls = true\n"
+
+
+def test_tls_settings_take_paths_from_the_config_folder(pem: Path) -> None:
+    text = BASE + LISTENER + 'ca_certificates = "ca.pem"\nrequire_client_certificate = true\n'
+    text += TLS_PEER + PACS.replace('"pacs"', '"archive"') + 'tls = { ca_certificates = "ca.pem", '
+    text += 'certificate = "node.pem", private_key = "node.key", verify_hostname = false, min_version = "1.3" }\n'
+    text += PACS.replace('"pacs"', '"plain"') + "tls = false\n"
+    (pem / "node.toml").write_text(text)
+    config = load_config(pem / "node.toml")
+    tls = config.node.tls
+    assert tls is not None and (tls.certificate, tls.private_key, tls.ca_certificates) == (
+        pem / "node.pem",
+        pem / "node.key",
+        pem / "ca.pem",
+    )
+    assert tls.require_client_certificate and tls.min_version == "1.2"
+    pacs, archive, plain = config.peers
+    assert pacs.tls is not None and pacs.tls.ca_certificates is None and pacs.tls.verify_hostname
+    assert archive.tls is not None and archive.tls.certificate == pem / "node.pem"
+    assert not archive.tls.verify_hostname and archive.tls.min_version == "1.3"
+    assert plain.tls is None
+    assert parse_config(BASE).node.tls is None and parse_config(BASE + PACS).peers[0].tls is None
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        (BASE + LISTENER.replace("node.pem", "missing.pem"), "node.tls.certificate: no such file: {pem}/missing.pem"),
+        (BASE + LISTENER.replace("node.pem", "certs"), "node.tls.certificate: not a file: {pem}/certs"),
+        (BASE + LISTENER.replace('"node.pem"', '""'), "node.tls.certificate: must be a file path, not ''"),
+        (
+            BASE + LISTENER.replace("node.pem", "notes.txt"),
+            "node.tls.certificate: {pem}/notes.txt holds no PEM certificate",
+        ),
+        (
+            BASE + LISTENER.replace("node.key", "other.key"),
+            "node.tls.private_key: {pem}/other.key is not the key of the certificate {pem}/node.pem",
+        ),
+        (
+            BASE + LISTENER.replace("node.key", "ca.pem"),
+            "node.tls.private_key: {pem}/ca.pem holds no PEM private key",
+        ),
+        (
+            BASE + LISTENER + 'ca_certificates = "node.key"\n',
+            "node.tls.ca_certificates: {pem}/node.key holds no PEM certificate",
+        ),
+        (
+            BASE + LISTENER + "require_client_certificate = true\n",
+            "node.tls.require_client_certificate: needs ca_certificates: the CA certificates client certificates "
+            "must chain to",
+        ),
+        (BASE + LISTENER + 'min_version = "1.1"\n', "node.tls.min_version: must be '1.2' or '1.3', not '1.1'"),
+        (BASE + '[node.tls]\nprivate_key = "node.key"\n', "node.tls.certificate: missing (required)"),
+        (
+            BASE + PACS + 'tls = "yes"\n',
+            "peers.0.tls: must be true, false or a table such as { ca_certificates = \"ca.pem\" }, not 'yes'",
+        ),
+        (
+            BASE + '[[peers]]\nname = "ct"\nae_title = "CT"\nallow_store = true\ntls = true\n',
+            "peers.0.tls: only for sending to this peer: give host and port (the listener's TLS is [node.tls])",
+        ),
+        (
+            BASE + PACS + 'tls = { certificate = "node.pem" }\n',
+            "peers.0.tls.private_key: missing: give certificate and private_key (for mutual TLS), or neither",
+        ),
+        (
+            BASE + PACS + 'tls = { ca_certificates = "nope.pem" }\n',
+            "peers.0.tls.ca_certificates: no such file: {pem}/nope.pem",
+        ),
+    ],
+)
+def test_each_tls_problem_is_one_line_naming_the_key_and_the_file(pem: Path, text: str, line: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "node.toml", pem)
+    assert str(caught.value).splitlines() == ["node.toml: " + line.replace("{pem}", str(pem))]
+
+
+def test_an_encrypted_or_unreadable_key_is_refused(pem: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key((pem / "node.key").read_bytes(), password=None)
+    locked = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret"),
+    )
+    (tmp_path / "locked.key").write_bytes(locked)
+    text = BASE + LISTENER.replace('"node.key"', f'"{tmp_path / "locked.key"}"')
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "node.toml", pem)  # never prompts for the password
+    assert str(caught.value) == (
+        f"node.toml: node.tls.private_key: {tmp_path / 'locked.key'} is encrypted; the node needs an unencrypted "
+        "key (readable by its user only)"
+    )
+    monkeypatch.setattr("node.config.tls.os.access", lambda path, mode: False)  # tests run as root here
+    with pytest.raises(ConfigError) as caught:
+        parse_config(BASE + LISTENER, "node.toml", pem)
+    assert str(caught.value).splitlines() == [
+        f"node.toml: node.tls.certificate: cannot read {pem / 'node.pem'} (permission denied for this user)",
+        f"node.toml: node.tls.private_key: cannot read {pem / 'node.key'} (permission denied for this user)",
+    ]
+
+
+def test_the_commented_tls_example_in_the_shipped_config_is_valid_toml() -> None:
+    shipped = (REPO / "config" / "node.toml").read_text().splitlines()
+    start = shipped.index("# [node.tls]")
+    example = [line.removeprefix("# ") for line in shipped[start : start + 6]]
+    assert example[-1] == 'min_version = "1.2"'
+    assert problems(BASE + "\n".join(example) + "\n") == [
+        "node.toml: node.tls.certificate: no such file: /etc/pacs-node/tls/node.pem",
+        "node.toml: node.tls.private_key: no such file: /etc/pacs-node/tls/node.key",
+        "node.toml: node.tls.ca_certificates: no such file: /etc/pacs-node/tls/hospital-ca.pem",
+    ]
+
+
+def test_check_config_reports_tls_files(pem: Path) -> None:
+    path = pem / "bad.toml"
+    path.write_text(BASE + LISTENER.replace("node.pem", "gone.pem") + PACS + 'tls = { ca_certificates = "x.pem" }\n')
+    done = check_config(str(path))
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        f"{path}: node.tls.certificate: no such file: {pem / 'gone.pem'}",
+        f"{path}: peers.0.tls.ca_certificates: no such file: {pem / 'x.pem'}",
+    ]
+    path.write_text(BASE + LISTENER + TLS_PEER)
+    done = check_config(str(path))
+    assert done.returncode == 0, done.stderr
