@@ -59,6 +59,7 @@ from node.send.association import (
     pynetdicom_options,
 )
 from node.send.contexts import MAX_CONTEXTS, UNCOMPRESSED_LE, Item, groups, inspect, presentation_contexts
+from node.send.deidentify import DeidentifyError, deidentified
 from node.send.destination import Destination
 from node.send.outcomes import EchoResult, FileOutcome, Verdict, advice, classify
 from node.send.transcode import TranscodeError, can_decode, decode_to
@@ -89,19 +90,23 @@ def _no_context(destination: Destination, item: Item) -> str:
 
 def _payload(assoc: Any, item: Item, destination: Destination, tally: Counter[str]) -> Path | Dataset | FileOutcome:
     """What to give ``send_c_store`` for the file: its path (sent as stored), a dataset decoded for the
-    peer (counted in ``tally["transcoded"]``), or the outcome when it cannot be sent on this association."""
+    peer (counted in ``tally["transcoded"]``), or the outcome when it cannot be sent on this association.
+
+    A destination with ``deidentify`` always gets a dataset: read as stored (or decoded, as above), then
+    de-identified in memory (:mod:`node.send.deidentify`); the file and the job's SOP Instance UID stay."""
 
     def outcome(verdict: Verdict, reason: str) -> FileOutcome:
         return FileOutcome(item.index, item.path, verdict, None, reason)
 
     accepted = [cx for cx in assoc.accepted_contexts if cx.abstract_syntax == item.sop_class and cx.as_scu]
     syntaxes = [UID(cx.transfer_syntax[0]) for cx in accepted]
-    if item.transfer_syntax in syntaxes:
+    as_stored = item.transfer_syntax in syntaxes
+    if as_stored and destination.deidentify is None:
         return item.path  # the fast path: the bytes after the file meta as stored, not decoded
     if not syntaxes:
         return outcome(Verdict.PARK, _no_context(destination, item))
     targets = [syntax for syntax in UNCOMPRESSED_LE if syntax in syntaxes]  # Explicit VR preferred
-    if not targets or not can_decode(item.transfer_syntax):
+    if not as_stored and (not targets or not can_decode(item.transfer_syntax)):
         accepted_names = ", ".join(s.name for s in syntaxes)
         cannot = (
             f"we cannot decode {item.transfer_syntax.name}"
@@ -113,8 +118,12 @@ def _payload(assoc: Any, item: Item, destination: Destination, tally: Counter[st
             f"{accepted_names}), and {cannot}: enable the syntax at the peer, then retry the job"
         )
         return outcome(Verdict.PARK, why)
+    target = None if as_stored else targets[0]
     try:
-        dataset = decode_to(item.path, targets[0])  # pynetdicom encodes it in the accepted syntax
+        if destination.deidentify is None:
+            dataset = decode_to(item.path, targets[0])  # pynetdicom encodes it in the accepted syntax
+        else:
+            dataset = deidentified(item.path, destination.deidentify, target)
     except FileNotFoundError:
         return outcome(Verdict.PARK, f"file {item.path} is missing (deleted or moved during the send)")
     except OSError as exc:
@@ -125,7 +134,10 @@ def _payload(assoc: Any, item: Item, destination: Destination, tally: Counter[st
             "at the peer (or install the missing decoder, or repair the file), then retry the job"
         )
         return outcome(Verdict.PARK, why)
-    tally["transcoded"] += 1
+    except DeidentifyError as exc:
+        return outcome(Verdict.PARK, f"{exc}; {destination} is sent de-identified instances only")
+    if target is not None:
+        tally["transcoded"] += 1
     return dataset
 
 
