@@ -166,7 +166,7 @@ class NodeService:
             reanalyse_late=config.completion.late_instances == "reanalyse",
             on_stored=lambda *_: self.router.wake.set(),  # the router thread reads the new row; nothing else here
         )
-        self.receiver = Receiver(config, self.handler)
+        self.receiver = Receiver(config, self.handler, self.audit)
         self.timer = CompletionTimer(self.index, config.completion, self.router.study_complete)
 
         def command(name: str) -> list[str]:

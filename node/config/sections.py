@@ -106,6 +106,8 @@ class Peer(_Section):
     port: Port | None = None
     allow_store: bool = False
     addresses: Annotated[tuple[Annotated[IPNetwork, BeforeValidator(_network)], ...], Field(strict=False)] = ()
+    # Associations this peer may have open with us at once (its share of limits.max_associations).
+    max_associations: Annotated[int, _between(1, 1000)] | None = None
     tls: PeerTLSSetting = None  # we send to it over TLS (node.config.tls)
     deidentify: Deidentify | None = None  # every send to it de-identified (node.config.deid)
 
@@ -114,8 +116,9 @@ class Peer(_Section):
         if (self.host is None) != (self.port is None):
             key = "port" if self.port is None else "host"
             problems.append(((key,), "missing: give host and port to send to this peer, or neither"))
-        if self.addresses and not self.allow_store:
-            problems.append((("addresses",), "only restricts a peer that may send to us: set allow_store = true"))
+        for key in ("addresses", "max_associations"):
+            if getattr(self, key) and not self.allow_store:
+                problems.append(((key,), "only restricts a peer that may send to us: set allow_store = true"))
         if self.tls is not None and self.host is None and self.port is None:
             why = "only for sending to this peer: give host and port (the listener's TLS is [node.tls])"
             problems.append((("tls",), why))

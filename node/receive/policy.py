@@ -7,13 +7,15 @@ Rules, checked by pynetdicom's acceptor during negotiation (PS3.8 §9.3.4 reason
   *rejected-permanent, service-user, calling-AE-title-not-recognized* (1, 1, 3);
 - the called AE title must be ours: otherwise *rejected-permanent, service-user,
   called-AE-title-not-recognized* (1, 1, 7);
-- at most ``limits.max_associations`` at once: otherwise *rejected-transient, service-provider
-  (presentation), local-limit-exceeded* (2, 3, 2), so the peer retries later.
+- at most ``limits.max_associations`` at once, and at most the peer's own ``max_associations``: otherwise
+  *rejected-transient, service-provider (presentation), local-limit-exceeded* (2, 3, 2), so the peer
+  retries later (one scanner's flood cannot take every association).
 
 pynetdicom checks the calling AE against :attr:`ApplicationEntity.require_calling_aet`, a list without
 the connection's address. :class:`PolicyAE` answers that property for the association being negotiated
 (negotiation runs on the association's own thread), so the address rule uses pynetdicom's own check and
-reason code instead of a second, hand-made rejection path.
+reason code instead of a second, hand-made rejection path. ``maximum_associations`` is answered the same
+way: for a peer at its own limit it is 0, which pynetdicom's limit check turns into (2, 3, 2).
 """
 
 from __future__ import annotations
@@ -45,6 +47,13 @@ class Policy:
         """AE titles allowed to send from ``address`` (never empty: empty means "anyone" to pynetdicom)."""
         titles = [peer.ae_title for peer in self._peers if peer.accepts_from(address)]
         return titles or [_NOBODY]
+
+    def peer_limit(self, calling_ae: str) -> int | None:
+        """The calling peer's own association limit (``max_associations``), if it has one."""
+        for peer in self._peers:
+            if peer.ae_title == calling_ae.strip():
+                return peer.max_associations
+        return None
 
     def permits(self, calling_ae: str, address: str) -> bool:
         return calling_ae.strip() in self.allowed_titles(address)
@@ -84,3 +93,28 @@ class PolicyAE(AE):
     @require_calling_aet.setter
     def require_calling_aet(self, ae_titles: list[str]) -> None:
         raise AttributeError("the node's association policy comes from the config's peers")
+
+    @property
+    def maximum_associations(self) -> int:
+        """The node's limit; 0 while negotiating for a peer that already has its own limit's worth open."""
+        limit: int = self._maximum_associations
+        current = threading.current_thread()
+        if isinstance(current, Association) and current.is_acceptor:
+            calling = current.requestor.ae_title.strip()
+            own = self.policy.peer_limit(calling)
+            if own is not None:
+                others = [
+                    a
+                    for a in self.active_associations
+                    if a is not current
+                    and a.is_acceptor
+                    and a.is_established
+                    and a.requestor.ae_title.strip() == calling
+                ]
+                if len(others) >= own:
+                    return 0
+        return limit
+
+    @maximum_associations.setter
+    def maximum_associations(self, value: int) -> None:
+        self._maximum_associations = max(1, value)

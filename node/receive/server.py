@@ -23,6 +23,7 @@ from pynetdicom import AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
+from node.audit import AuditTrail
 from node.config import NodeConfig
 from node.config.tls import ListenerTLS
 from node.dicom.contexts import ACCEPTED_TRANSFER_SYNTAXES
@@ -132,9 +133,10 @@ class Receiver:
         The C-ECHO / C-STORE handlers and association bookkeeping.
     """
 
-    def __init__(self, config: NodeConfig, handler: StoreHandler) -> None:
+    def __init__(self, config: NodeConfig, handler: StoreHandler, audit: AuditTrail | None = None) -> None:
         self.config = config
         self.handler = handler
+        self.audit = audit
         self.policy = Policy(config.peers)
         limits = config.limits
         ae = PolicyAE(config.node.ae_title, self.policy)
@@ -163,7 +165,11 @@ class Receiver:
     def start(self) -> None:
         """Bind and listen; raises ``OSError`` if the address is taken or not allowed."""
         node = self.config.node
-        handlers: list[Any] = [*self.handler.bindings(), (evt.EVT_REJECTED, self._rejected)]
+        handlers: list[Any] = [
+            *self.handler.bindings(),
+            (evt.EVT_REJECTED, self._rejected),
+            (evt.EVT_ACCEPTED, self._accepted),
+        ]
         server = self.ae.make_server(
             (node.bind, node.port),
             ssl_context=self.ssl_context,
@@ -189,9 +195,44 @@ class Receiver:
             reason = self.policy.explain(calling, address)
         elif called != ours:
             reason = f"called AE title '{called}' is not ours ('{ours}')"
+        elif (own := self.policy.peer_limit(calling)) is not None and self._open_from(calling) >= own:
+            reason = f"'{calling}' already has {own} associations open (its peer's max_associations)"
         else:
             reason = f"{self.config.limits.max_associations} associations already open (limits.max_associations)"
         self.policy.log_rejection(calling, called, address, reason)
+        self._audit(
+            "association-rejected",
+            "minor failure",
+            calling_ae=calling,
+            called_ae=called,
+            address=address,
+            reason=reason,
+        )
+
+    def _accepted(self, event: evt.Event) -> None:
+        requestor = event.assoc.requestor
+        self._audit(
+            "association-accepted",
+            calling_ae=requestor.ae_title.strip(),
+            address=str(requestor.address),
+            called_ae=self.config.node.ae_title,
+            tls=self.config.node.tls is not None,
+        )
+
+    def _open_from(self, calling: str) -> int:
+        return sum(
+            1
+            for a in self.ae.active_associations
+            if a.is_acceptor and a.is_established and a.requestor.ae_title.strip() == calling
+        )
+
+    def _audit(self, event: str, outcome: str = "success", **fields: object) -> None:
+        if self.audit is None:
+            return
+        try:
+            self.audit.record(event, outcome, **fields)
+        except OSError as exc:  # the association goes on; a lost audit record is reported
+            log.error("cannot write the audit trail %s: %s", self.audit.path, exc)
 
     def active_associations(self) -> int:
         """Established associations of peers (a connection still negotiating, or a port probe, is not one)."""

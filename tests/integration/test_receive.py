@@ -16,6 +16,7 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 
+from node.audit import AuditTrail, audit_path, read
 from node.config import NodeConfig, parse_config
 from node.dicom.status import Status
 from node.receive import Receiver, StoreHandler
@@ -213,3 +214,33 @@ def test_bad_datasets_get_specific_statuses_and_leave_nothing(node: Node) -> Non
     assoc.release()
     assert node.index.all_instances() == []
     assert not list(node.spool.root.glob("*/*/*.dcm"))
+
+
+def test_a_peer_at_its_own_limit_is_rejected_transiently_while_others_get_in(tmp_path: Path) -> None:
+    peers = (
+        '[[peers]]\nname = "ct"\nae_title = "STORESCU"\nallow_store = true\nmax_associations = 1\n'
+        '[[peers]]\nname = "mr"\nae_title = "MRSCU"\nallow_store = true\n'
+    )
+    node = Node(tmp_path, peers=peers)
+    trail = AuditTrail(audit_path(tmp_path / "data"), "PACSNODE")
+    node.receiver.audit = trail
+    try:
+        first = node.associate()
+        assert first.is_established
+        second = node.associate()
+        assert second.is_rejected
+        rj = second.acceptor.primitive
+        assert (rj.result, rj.result_source, rj.diagnostic) == (2, 3, 2)
+        other = node.associate(calling="MRSCU")
+        assert other.is_established
+        other.release()
+        first.release()
+        again = node.associate()  # the peer's slot is free again
+        assert again.is_established
+        again.release()
+    finally:
+        node.close()
+    entries = list(read(audit_path(tmp_path / "data")))
+    rejected = [e for e in entries if e["event"] == "association-rejected"]
+    assert len(rejected) == 1 and "its peer's max_associations" in rejected[0]["reason"]
+    assert sum(e["event"] == "association-accepted" for e in entries) == 3
