@@ -23,10 +23,12 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -35,6 +37,7 @@ from node.audit import AuditTrail, audit_path
 from node.config import NodeConfig
 from node.errors import NodeError
 from node.jobs import JobStore
+from node.jobs.sends import SEND_KIND_PREFIX
 from node.receive import Receiver, StoreHandler
 from node.routing import Router
 from node.routing.log import RoutingLog
@@ -70,10 +73,65 @@ def prepare_data_dir(config: NodeConfig) -> None:
         raise NodeError(f"node.data_dir {node.data_dir}: cannot create its folders: {exc.strerror}") from None
 
 
+def owner_pid(owner: str) -> int | None:
+    """The pid in a lease owner's name on this host: ``sender-<pid>-<peer>-<n>`` (serve's child) or
+    ``worker-<host>-<pid>``; ``None`` for other owners (another host's worker, a test's name)."""
+    if owner.startswith("sender-"):
+        pid = owner.removeprefix("sender-").split("-", 1)[0]
+    elif owner.startswith(f"worker-{socket.gethostname()}-"):
+        pid = owner.rsplit("-", 1)[1]
+    else:
+        return None
+    return int(pid) if pid.isdigit() else None
+
+
+def owner_gone(owner: str) -> bool:
+    """Whether the process that holds a lease is dead (on this host; other hosts' owners never are)."""
+    pid = owner_pid(owner)
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:  # a killed child nobody has reaped yet is a zombie: gone, though its pid still answers
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def watch_parent(stop: threading.Event, parent: int | None) -> None:
+    """Stop (as on SIGTERM) when serve, our parent, dies: a worker or sender must not outlive a killed serve.
+
+    ``parent`` is serve's pid, given on the command line: a child that starts after serve already died
+    would otherwise take its new parent (init) for serve and never notice.
+    """
+    if parent is None:
+        return  # started by a person or by systemd, not by serve
+
+    def watch() -> None:
+        while not stop.wait(1.0):
+            if os.getppid() != parent:
+                log.warning("parent process %d is gone: stopping", parent)
+                stop.set()
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 class ChildProcesses:
     """``count`` processes running ``command``, restarted when one dies (after a pause: a crash loop stays slow)."""
 
-    def __init__(self, name: str, command: list[str], count: int, restart_delay_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        name: str,
+        command: list[str],
+        count: int,
+        restart_delay_s: float = 5.0,
+        on_exit: Callable[[int], object] | None = None,
+    ) -> None:
+        self.on_exit = on_exit  # called with the pid of a child that exited (its jobs go back at once)
         self.name = name
         self.command = command
         self.count = count
@@ -97,6 +155,8 @@ class ChildProcesses:
                 continue
             if not self._died_at[slot]:
                 self._died_at[slot] = now
+                if self.on_exit is not None:
+                    self.on_exit(proc.pid)
                 log.warning(
                     "worker %d (pid %d) exited with code %s; restarting it", slot + 1, proc.pid, proc.returncode
                 )
@@ -170,18 +230,47 @@ class NodeService:
         self.timer = CompletionTimer(self.index, config.completion, self.router.study_complete)
 
         def command(name: str) -> list[str]:
-            return [sys.executable, "-m", "node", "--log-level", log_level, name, "--config", str(config_path)]
+            return [
+                sys.executable,
+                "-m",
+                "node",
+                "--log-level",
+                log_level,
+                name,
+                "--config",
+                str(config_path),
+                "--parent-pid",
+                str(os.getpid()),
+            ]
 
-        self.workers = ChildProcesses("worker", command("worker"), config.workers.count)
-        self.sender = ChildProcesses("sender", command("sender"), 1)
+        self.workers = ChildProcesses("worker", command("worker"), config.workers.count, on_exit=self._take_back)
+        self.sender = ChildProcesses("sender", command("sender"), 1, on_exit=self._take_back)
         self.started = time.time()
         self.config_sha256 = hashlib.sha256(config_path.read_bytes()).hexdigest() if config_path.exists() else ""
 
+    def _attempts(self, kind: str) -> int:
+        """Attempts before a job of ``kind`` is dead: the sender's for sends, the workers' for the rest."""
+        if kind.startswith(SEND_KIND_PREFIX):
+            from node.send.sender import max_attempts_for  # the send stage loads in the sender process only
+
+            sender = self.config.sender
+            return max_attempts_for(sender.retry_initial_s, sender.retry_max_s, sender.give_up_after_hours)
+        return self.config.workers.max_attempts
+
+    def _take_back(self, pid: int) -> None:
+        """A child died: its running jobs go back to the queue now, not when their leases expire."""
+        try:
+            self.jobs.requeue_owners(lambda owner: owner_pid(owner) == pid, self._attempts)
+        except NodeError as exc:
+            log.warning("cannot take back the jobs of pid %d (their leases will expire): %s", pid, exc)
+
     def run(self) -> None:
         """Start every stage, supervise until ``stop``, then drain."""
-        expired = self.jobs.requeue_expired()
+        expired = self.jobs.requeue_expired() + self.jobs.requeue_owners(owner_gone, self._attempts)
         if expired:
             log.info("%d jobs of a previous run taken back", expired)
+        # Studies cut off by the stop or crash get a full quiet period: their senders can send the rest.
+        self.index.restart_quiet_periods(time.time())
         self._router_thread.start()
         self.receiver.start()
         self._record(
@@ -283,13 +372,14 @@ def load_models(config: NodeConfig) -> dict[str, Model]:
     return models
 
 
-def run_sender(config: NodeConfig) -> None:
+def run_sender(config: NodeConfig, parent: int | None = None) -> None:
     """``pacs-node sender``: the sender threads until SIGTERM (claimed sends not started are released)."""
     from node.send import Sender, sender_job_store
 
     prepare_data_dir(config)
     stop = threading.Event()
     stop_on_signals(stop)
+    watch_parent(stop, parent)
     jobs = sender_job_store(config)
     try:
         sender = Sender(config, jobs, stop, audit=AuditTrail(audit_path(config.node.data_dir), config.node.ae_title))
@@ -300,13 +390,14 @@ def run_sender(config: NodeConfig) -> None:
         jobs.close()
 
 
-def run_worker(config: NodeConfig) -> None:
+def run_worker(config: NodeConfig, parent: int | None = None) -> None:
     """``pacs-node worker``: one analysis worker until SIGTERM (its job is released) or SIGINT."""
     from node.worker import Worker
 
     prepare_data_dir(config)
     stop = threading.Event()
     stop_on_signals(stop)
+    watch_parent(stop, parent)
     models = load_models(config)
     jobs = analysis_job_store(config)
     index = Index(config.node.index_path)

@@ -153,11 +153,20 @@ def show_status(args: argparse.Namespace) -> int:
         with JobStore(node.jobs_path) as store:
             counts = store.counts()
             dead = store.list("dead", limit=5)
+            retrying = [job for job in store.list("queued", limit=100_000) if job.attempts > 0]
         kinds = sorted({kind for kind, _ in counts})
         print("jobs:" if kinds else "jobs: none yet")
         for kind in kinds:
             per = ", ".join(f"{counts.get((kind, s), 0)} {s}" for s in JobState)
             print(f"  {kind:<14} {per}")
+        for kind in sorted({job.kind for job in retrying}):
+            jobs = [job for job in retrying if job.kind == kind]
+            latest = max(jobs, key=lambda job: job.updated)
+            error = (latest.last_error or "").splitlines()[0][:90] if latest.last_error else ""
+            print(
+                f"  retrying {kind}: {len(jobs)} jobs, up to {max(j.attempts for j in jobs)} attempts, "
+                f"next try {_ago(min(j.not_before for j in jobs))}: {error}"
+            )
         if dead:
             healthy = False
             print("latest dead jobs (retry with 'pacs-node jobs retry ID'):")

@@ -37,6 +37,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         epilog="example: pacs-node worker --config config/node.toml",
     )
     w.add_argument("--config", type=Path, required=True, metavar="FILE", help="the node's TOML config file")
+    w.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)  # set by serve for its children
     w.set_defaults(func=worker)
     s = sub.add_parser(
         "sender",
@@ -48,6 +49,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         epilog="example: pacs-node sender --config config/node.toml",
     )
     s.add_argument("--config", type=Path, required=True, metavar="FILE", help="the node's TOML config file")
+    s.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)  # set by serve for its children
     s.set_defaults(func=sender)
 
 
@@ -74,12 +76,12 @@ def serve(args: argparse.Namespace) -> int:
 def sender(args: argparse.Namespace) -> int:
     from node.app import run_sender
 
-    run_sender(_config(args))
+    run_sender(_config(args), args.parent_pid)
     return 0
 
 
 def worker(args: argparse.Namespace) -> int:
     from node.app import run_worker
 
-    run_worker(_config(args))
+    run_worker(_config(args), args.parent_pid)
     return 0

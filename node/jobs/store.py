@@ -377,6 +377,28 @@ class JobStore:
             log.log(level, "job %d %s -> %s (lease expired, attempt %d)", job.id, job.kind, state, job.attempts)
         return len(changed)
 
+    def requeue_owners(self, gone: Callable[[str], bool], max_attempts: Callable[[str], int] | None = None) -> int:
+        """Take back the running jobs of owners for which ``gone(owner)`` is true (their process died),
+        without waiting for their leases to expire; the attempt counts, as for an expired lease.
+
+        ``max_attempts(kind)`` gives the attempts after which such a job is parked as dead, for kinds whose
+        processes use other settings than this store (sends); this store's ``max_attempts`` otherwise.
+        """
+        now = self._clock()
+        changed: builtins.list[tuple[Job, JobState]] = []
+        with self._write() as conn:
+            rows = conn.execute(f"SELECT {COLUMNS} FROM jobs WHERE state = 'running' ORDER BY id").fetchall()
+            for job in map(job_from_row, rows):
+                if job.lease_owner is None or not gone(job.lease_owner):
+                    continue
+                cap = self.max_attempts if max_attempts is None else max_attempts(job.kind)
+                state = JobState.QUEUED if job.attempts < cap else JobState.DEAD
+                self._move(conn, job, state, now, last_error=f"{job.lease_owner} died while running it")
+                changed.append((job, state))
+        for job, state in changed:
+            log.info("job %d %s -> %s (its owner died, attempt %d)", job.id, job.kind, state, job.attempts)
+        return len(changed)
+
     def retry(self, job_id: int) -> None:
         """Put a dead job back in the queue with its attempts reset (a person asked for it).
 

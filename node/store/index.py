@@ -269,6 +269,19 @@ class Index:
                 (now, study_instance_uid),
             )
 
+    def restart_quiet_periods(self, now: float) -> int:
+        """At start-up: every study not yet complete gets a new quiet period from ``now``.
+
+        Open associations are kept in memory, so after a crash or a stop a study whose sender was cut off
+        would look quiet at once and be analysed half-received, before the sender could send the rest.
+        Returns how many studies are watched again.
+        """
+        with self._write() as db:
+            changed = db.execute(
+                "UPDATE studies SET last_activity_at = MAX(last_activity_at, ?) WHERE completed_at IS NULL", (now,)
+            ).rowcount
+        return int(changed)
+
     def association_opened(self, association_id: str) -> None:
         with self._lock:
             self._open.setdefault(association_id, set())

@@ -406,3 +406,15 @@ def test_enqueue_many_is_one_transaction_with_the_same_dedup_rules(store: JobSto
     }
     with pytest.raises(ValueError, match="kind"):
         store.enqueue_many([NewJob("", {})])
+
+
+def test_requeue_owners_takes_back_the_jobs_of_a_dead_process_at_once(store: JobStore) -> None:
+    a = store.enqueue("send:pacs", {"n": 1})
+    b = store.enqueue("analyse", {"n": 2})
+    assert store.claim("send:pacs", "sender-111-pacs-0", 300) is not None
+    assert store.claim("analyse", "worker-host-222", 300) is not None
+    assert store.requeue_owners(lambda owner: owner.startswith("sender-111-"), lambda kind: 30) == 1
+    job = store.get(a)
+    assert job is not None and job.state is JobState.QUEUED and "sender-111-pacs-0 died" in (job.last_error or "")
+    running = store.get(b)
+    assert running is not None and running.state is JobState.RUNNING  # another owner's job is left alone
