@@ -315,14 +315,20 @@ def _read_pixels(slices: list[Slice]) -> tuple[NDArray[np.float32], list[Dataset
                 if "ModalityLUTSequence" in ds:  # a lookup table replaces Rescale Slope/Intercept
                     voxels[k] = apply_modality_lut(arr, ds)
                 else:
-                    np.multiply(arr, s.slope, out=voxels[k], casting="unsafe")
-                    voxels[k] += np.float32(s.intercept)
+                    with np.errstate(over="ignore", invalid="ignore"):  # non-finite results are refused below
+                        np.multiply(arr, s.slope, out=voxels[k], casting="unsafe")
+                        voxels[k] += np.float32(s.intercept)
             except Exception as exc:  # codec plugins raise any type (RuntimeError, ValueError, ...)
                 ts = UID(_text(ds.file_meta, "TransferSyntaxUID"))
                 raise UnreadableFileError(
                     f"{path}: pixel data cannot be decoded ({ts.name}: {_brief(exc)}); "
                     "the file may be truncated, or convert it to an uncompressed transfer syntax"
                 ) from exc
+            if not np.isfinite(voxels[k]).all():  # a slope or intercept of nan/inf, or one so large it overflows
+                raise UnreadableFileError(
+                    f"{path}: pixel values are not finite numbers after the rescale (Rescale Slope {s.slope:g}, "
+                    f"Intercept {s.intercept:g}, or the Modality LUT); correct the file's rescale"
+                )
         for kw in present:
             del ds[kw]
         for k in indices:

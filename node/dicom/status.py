@@ -12,10 +12,12 @@ SUCCESS                           0x0000  the instance is durable (file fsynced 
 OUT_OF_RESOURCES                  0xA700  free disk below ``min_free_disk_mb``, a write or commit failed
                                           (the sender should retry later)
 DATASET_DOES_NOT_MATCH_SOP_CLASS  0xA900  the dataset's SOP Class UID differs from the request's
-CANNOT_UNDERSTAND                 0xC000  the dataset cannot be parsed (truncated, bad lengths)
+CANNOT_UNDERSTAND                 0xC000  the dataset cannot be parsed (truncated, bad lengths, elements out
+                                          of tag order)
 CANNOT_UNDERSTAND_MISSING_UID     0xC001  Study, Series or SOP Instance UID missing or empty
 CANNOT_UNDERSTAND_UID_MISMATCH    0xC002  the dataset's SOP Instance UID differs from the request's
 CANNOT_UNDERSTAND_INVALID_UID     0xC003  a UID that is not a valid UID (it would not make a file name)
+SOP_CLASS_NOT_SUPPORTED           0x0122  the C-STORE came on a presentation context that is not a storage one
 PROCESSING_FAILURE                0x0110  an unexpected error in the node (a bug; logged with traceback)
 ================================  ======  =============================================================
 """

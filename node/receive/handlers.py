@@ -4,6 +4,7 @@ A C-STORE handler runs on the association's thread while the sender waits for it
 It does only this, and answers SUCCESS only after both durable steps (DESIGN §4.1)::
 
     free disk below the floor?                       -> OUT_OF_RESOURCES (0xA700)
+    SOP Class not the context's abstract syntax?     -> SOP_CLASS_NOT_SUPPORTED (0x0122)
     UIDs from the dataset bytes (no pixel decoding)  -> CANNOT_UNDERSTAND* / DATASET_DOES_NOT_MATCH_SOP_CLASS
     UIDs usable as file names?                       -> CANNOT_UNDERSTAND_INVALID_UID
     write the bytes as received: temp, fsync, rename -> OUT_OF_RESOURCES if the OS refuses
@@ -177,6 +178,14 @@ class StoreHandler:
             return Status.OUT_OF_RESOURCES, "disk full", "free disk space is below the node's floor"
         request = event.request
         assert isinstance(request, C_STORE) and request.DataSet is not None  # pynetdicom's contract for EVT_C_STORE
+        if str(request.AffectedSOPClassUID).strip() != str(event.context.abstract_syntax).strip():
+            # pynetdicom serves a request by its SOP Class, whatever context it came on (even Verification's):
+            # the bytes would be stored under a transfer syntax negotiated for another abstract syntax.
+            return (
+                Status.SOP_CLASS_NOT_SUPPORTED,
+                "sop class not supported",
+                "the SOP Class is not the presentation context's abstract syntax",
+            )
         raw = request.DataSet.getvalue()  # the dataset bytes exactly as received: never decoded here
         meta = event.file_meta
         try:

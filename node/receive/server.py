@@ -52,6 +52,10 @@ class _NoDelayServer(ThreadedAssociationServer):
     """Sets TCP_NODELAY on every accepted socket (with Nagle on, each C-STORE response waits for an ACK);
     with TLS, wraps it and shakes hands on the connection's thread (see the module's docstring)."""
 
+    # socketserver's default backlog of 5 overflows under a burst of connections, and an overflowed
+    # connection (a good peer's too) waits for TCP retransmissions, seconds each.
+    request_queue_size = 128
+
     def __init__(self, *args: Any, handshake_timeout: float = 30.0, min_version: str = "1.2", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.handshake_timeout = handshake_timeout
@@ -66,6 +70,9 @@ class _NoDelayServer(ThreadedAssociationServer):
             raise OSError("the listening socket is closed")
         sock, address = self.socket.accept()
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # the wrapped socket shares the descriptor
+        # accept() does not pass the listening socket's timeout on: without this, a peer that stops half-way
+        # through a PDU holds an association thread (and a slot of the association limit) forever.
+        sock.settimeout(self.ae.network_timeout)
         if self.ssl_context is not None:
             try:
                 sock = self.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
