@@ -64,7 +64,8 @@ def _config(args: argparse.Namespace) -> NodeConfig:
 
 
 def serve(args: argparse.Namespace) -> int:
-    from node.app import NodeService, stop_on_signals  # here, not at the top: see node.app's imports
+    from node.app import NodeService  # here, not at the top: see node.app's imports
+    from node.processes import stop_on_signals
 
     config = _config(args)
     service = NodeService(config, args.config.resolve(), log_level=args.log_level or config.logging.level)
