@@ -42,6 +42,9 @@ logger = logging.getLogger(__name__)
 _DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+# Values larger than this stay in the file until read: the header scan then costs no pixel I/O and
+# the pixel pass reuses the parsed header instead of parsing each file a second time.
+_DEFER_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,8 @@ class SeriesScan:
     series
         Series Instance UID -> files, in the order they were given.
     headers
-        File -> its dataset read up to (without) Pixel Data.
+        File -> its dataset, with Pixel Data and other large values deferred: read from the file only
+        when a caller touches them, so a header scan followed by a load parses every file once.
     skipped
         File -> why it is not part of any series (not DICOM, DICOMDIR, damaged, no Series UID).
     """
@@ -76,7 +80,7 @@ def scan_series(paths: Iterable[Path]) -> SeriesScan:
     skipped: dict[Path, str] = {}
     for path in paths:
         try:
-            ds = _read(path, stop_before_pixels=True)
+            ds = _read(path)
         except UnreadableFileError as exc:
             skipped[path] = str(exc)
             logger.warning("skipped: %s", exc)
@@ -141,7 +145,7 @@ def load_series(source: Path | Sequence[Path], series_instance_uid: str | None =
         except Exception as exc:  # pydicom parses values lazily: a damaged one raises any type on access
             raise UnreadableFileError(f"{path}: malformed image attribute ({_brief(exc)})") from exc
     slices, slice_spacing = arrange(slices, uid)
-    voxels, headers = _read_pixels(slices)
+    voxels, headers = _read_pixels(slices, scan.headers)
     first = headers[0]
     if slices[0].assumed:
         logger.warning("%s: %s", slices[0].name, slices[0].assumed)
@@ -178,19 +182,19 @@ def _files(source: Path | Sequence[Path]) -> tuple[list[Path], bool]:
     return files, True
 
 
-def _read(path: Path, *, stop_before_pixels: bool) -> Dataset:
+def _read(path: Path) -> Dataset:
+    """The dataset of ``path`` with values over ``_DEFER_BYTES`` (Pixel Data) left in the file until used."""
     try:
         try:
-            ds = dcmread(path, stop_before_pixels=stop_before_pixels)
+            ds = dcmread(path, defer_size=_DEFER_BYTES)
         except InvalidDicomError:
             if not _starts_like_dataset(path):
                 raise
             # No preamble/meta but it starts with a group 0002/0008 tag: an old raw dataset.
-            ds = dcmread(path, stop_before_pixels=stop_before_pixels, force=True)
+            ds = dcmread(path, defer_size=_DEFER_BYTES, force=True)
         meta = getattr(ds, "file_meta", None)
         dicomdir = meta is not None and meta.get("MediaStorageSOPClassUID") == _DICOMDIR_SOP_CLASS
-        if not stop_before_pixels:
-            _ensure_transfer_syntax(ds)
+        _ensure_transfer_syntax(ds)
     except InvalidDicomError:
         raise UnreadableFileError(f"{path}: not a DICOM file (no 'DICM' prefix)") from None
     except OSError as exc:
@@ -293,47 +297,53 @@ def _slices_of(path: Path, ds: Dataset) -> list[Slice]:
     return slices
 
 
-def _read_pixels(slices: list[Slice]) -> tuple[NDArray[np.float32], list[Dataset]]:
-    """Decode every slice into a preallocated float32 volume, one file at a time."""
+def _read_pixels(slices: list[Slice], parsed: dict[Path, Dataset]) -> tuple[NDArray[np.float32], list[Dataset]]:
+    """Decode every slice into a preallocated float32 volume, one file at a time.
+
+    ``parsed`` holds each file's dataset from the header scan; its deferred Pixel Data is read here.
+    (Threads were measured slower: pydicom's pixel path holds the GIL for most of its time.)
+    """
     rows, cols = slices[0].size
     voxels = np.empty((len(slices), rows, cols), dtype=np.float32)
-    headers: list[Dataset | None] = [None] * len(slices)
     by_file: dict[Path, list[int]] = {}
     for k, s in enumerate(slices):
         by_file.setdefault(s.path, []).append(k)
+
     for path, indices in by_file.items():
-        ds = _read(path, stop_before_pixels=False)
-        present = [kw for kw in _PIXEL_KEYWORDS if kw in ds]
-        if not present:
-            raise SeriesError(f"{path}: image without pixel data ({_sop_name(ds)}); resend the file")
-        for k in indices:
-            s = slices[k]
-            try:
-                arr = pixel_array(ds, index=s.frame)
-                if arr.shape != (rows, cols):
-                    raise ValueError(f"decoded shape {arr.shape}, expected ({rows}, {cols})")
-                if "ModalityLUTSequence" in ds:  # a lookup table replaces Rescale Slope/Intercept
-                    voxels[k] = apply_modality_lut(arr, ds)
-                else:
-                    with np.errstate(over="ignore", invalid="ignore"):  # non-finite results are refused below
-                        np.multiply(arr, s.slope, out=voxels[k], casting="unsafe")
-                        voxels[k] += np.float32(s.intercept)
-            except Exception as exc:  # codec plugins raise any type (RuntimeError, ValueError, ...)
-                ts = UID(_text(ds.file_meta, "TransferSyntaxUID"))
-                raise UnreadableFileError(
-                    f"{path}: pixel data cannot be decoded ({ts.name}: {_brief(exc)}); "
-                    "the file may be truncated, or convert it to an uncompressed transfer syntax"
-                ) from exc
-            if not np.isfinite(voxels[k]).all():  # a slope or intercept of nan/inf, or one so large it overflows
-                raise UnreadableFileError(
-                    f"{path}: pixel values are not finite numbers after the rescale (Rescale Slope {s.slope:g}, "
-                    f"Intercept {s.intercept:g}, or the Modality LUT); correct the file's rescale"
-                )
-        for kw in present:
-            del ds[kw]
-        for k in indices:
-            headers[k] = ds
-    return voxels, [h for h in headers if h is not None]
+        _decode_file(path, parsed[path], [(k, slices[k]) for k in indices], voxels)
+    return voxels, [parsed[s.path] for s in slices]
+
+
+def _decode_file(path: Path, ds: Dataset, targets: list[tuple[int, Slice]], voxels: NDArray[np.float32]) -> None:
+    """Decode the frames of one file into ``voxels[k]`` in physical units, then drop its Pixel Data."""
+    rows, cols = voxels.shape[1:]
+    present = [kw for kw in _PIXEL_KEYWORDS if kw in ds]
+    if not present:
+        raise SeriesError(f"{path}: image without pixel data ({_sop_name(ds)}); resend the file")
+    for k, s in targets:
+        try:
+            arr = pixel_array(ds, index=s.frame)
+            if arr.shape != (rows, cols):
+                raise ValueError(f"decoded shape {arr.shape}, expected ({rows}, {cols})")
+            if "ModalityLUTSequence" in ds:  # a lookup table replaces Rescale Slope/Intercept
+                voxels[k] = apply_modality_lut(arr, ds)
+            else:
+                with np.errstate(over="ignore", invalid="ignore"):  # non-finite results are refused below
+                    np.multiply(arr, s.slope, out=voxels[k], casting="unsafe")
+                    voxels[k] += np.float32(s.intercept)
+        except Exception as exc:  # codec plugins raise any type (RuntimeError, ValueError, ...)
+            ts = UID(_text(ds.file_meta, "TransferSyntaxUID"))
+            raise UnreadableFileError(
+                f"{path}: pixel data cannot be decoded ({ts.name}: {_brief(exc)}); "
+                "the file may be truncated, or convert it to an uncompressed transfer syntax"
+            ) from exc
+        if not np.isfinite(voxels[k]).all():  # a slope or intercept of nan/inf, or one so large it overflows
+            raise UnreadableFileError(
+                f"{path}: pixel values are not finite numbers after the rescale (Rescale Slope {s.slope:g}, "
+                f"Intercept {s.intercept:g}, or the Modality LUT); correct the file's rescale"
+            )
+    for kw in present:
+        del ds[kw]
 
 
 def _ensure_transfer_syntax(ds: Dataset) -> None:

@@ -1,7 +1,16 @@
 import numpy as np
+import pytest
 
 from node.analyse.card import InputSpec, Window
-from node.analyse.preprocess import apply_window, from_model, labels_to_model, plan_2d, to_model
+from node.analyse.preprocess import (
+    apply_window,
+    from_model,
+    labels_from_model,
+    labels_to_model,
+    plan_2d,
+    resize_back,
+    to_model,
+)
 
 
 def spec(size: int = 64, spacing: float = 2.0, **kw: object) -> InputSpec:
@@ -53,3 +62,28 @@ def test_to_model_range_and_options() -> None:
         out = to_model(image, plan_2d(image.shape, (1.0, 1.0), spec(64, 1.0, **kw)), spec(64, 1.0, **kw))
         assert out.shape == (64, 64) and out.dtype == np.float32
         assert out.min() >= 0.0 and out.max() <= 1.0
+
+
+@pytest.mark.parametrize("interpolation", ["linear", "nearest"])
+@pytest.mark.parametrize(
+    ("source", "spacing"), [((512, 512), (0.7, 0.7)), ((100, 120), (1.0, 1.0)), ((90, 70), (3.0, 2.5))]
+)
+@pytest.mark.parametrize("thresholds", [(0.0, 0.0), (0.0, 0.3), (0.45, 0.2)])
+def test_labels_from_model_is_argmax_of_resized_probabilities(
+    interpolation: str, source: tuple[int, int], spacing: tuple[float, float], thresholds: tuple[float, float]
+) -> None:
+    """The fast per-plane decision equals argmax over resize_back, then thresholds in channel order."""
+    plan = plan_2d(source, spacing, spec(64, 2.0))
+    rng = np.random.default_rng(sum(source))
+    logits = rng.normal(0, 2, (3, 64, 64)).astype(np.float32)
+    logits[:, 20:30, 20:30] = 0.0  # exact ties: the first class must win, as with argmax
+    probs = np.exp(logits) / np.exp(logits).sum(axis=0)
+    values = np.array([0, 1, 7], np.uint8)
+    expected = values[np.argmax(resize_back(probs, plan, interpolation), axis=-1)]
+    back = resize_back(probs, plan, interpolation)
+    for c, threshold in enumerate(thresholds, start=1):
+        if threshold > 0:
+            expected[back[..., c] >= threshold] = values[c]
+    got = labels_from_model(probs, plan, interpolation, values, thresholds)
+    assert got.dtype == np.uint8 and got.shape == source
+    assert np.array_equal(got, expected)
