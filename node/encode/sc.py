@@ -21,6 +21,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from node.analyse.card import ModelCard
 from node.analyse.types import AnalysisResult, Volume
 from node.encode.provenance import Equipment, add_algorithm_equipment
+from node.encode.sources import complete_type2
 from node.errors import EncodeError
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,7 @@ def build_sc(
     equipment = equipment or Equipment()
     when = when or datetime.now().astimezone()
     volume = result.volume
+    complete_type2(volume.headers)
     series_uid = generate_uid(prefix=None)
     description = f"AI overlay {card.model.name} {card.model.version}"[:_LO_MAX]
     images: list[Dataset] = []

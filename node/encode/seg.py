@@ -27,8 +27,9 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from node.analyse.card import ModelCard
-from node.analyse.types import AnalysisResult
+from node.analyse.types import AnalysisResult, Volume
 from node.encode.provenance import Equipment, add_algorithm_equipment, algorithm_identification, coded
+from node.encode.sources import complete_type2
 from node.errors import EncodeError
 
 log = logging.getLogger(__name__)
@@ -133,6 +134,8 @@ def build_seg(
     when = when or datetime.now().astimezone()
     pixels = segment_label_map(np.ascontiguousarray(result.labels, dtype=np.uint8), card)
     description = f"{card.model.name} {card.model.version}"[:_LO_MAX]
+    complete_type2(volume.headers)
+    _complete_geometry(volume)
     try:
         seg = hd.seg.Segmentation(
             source_images=list(volume.headers),
@@ -154,6 +157,34 @@ def build_seg(
     add_algorithm_equipment(seg, card, when)
     log.info("SEG built: %d segments, %d frames", len(seg.SegmentSequence), seg.NumberOfFrames)
     return seg
+
+
+def _complete_geometry(volume: Volume) -> None:
+    """Give the source headers the grid the analysis used where they omit Pixel Spacing or Slice Thickness.
+
+    Both are Type 2 in CT and MR images, but a SEG must state its pixel measures, and highdicom copies
+    them from the first source image. What the loader used stands in: its pixel spacing (1 mm when the
+    source gave none; the loader logged that) and, for the thickness, the spacing between slices. Only
+    the in-memory headers change.
+    """
+    first = volume.headers[0]
+    if _positive(first.get("SliceThickness")) and first.get("PixelSpacing"):
+        return
+    thickness = f"{volume.slice_thickness or float(volume.spacing[0]):.6g}"
+    spacing = [f"{float(volume.spacing[1]):.6g}", f"{float(volume.spacing[2]):.6g}"]
+    for header in volume.headers:
+        if not _positive(header.get("SliceThickness")):
+            header.SliceThickness = thickness
+        if not header.get("PixelSpacing"):
+            header.PixelSpacing = spacing
+    log.info("source slices lack Pixel Spacing or Slice Thickness: the SEG states the grid the analysis used")
+
+
+def _positive(value: object) -> bool:
+    try:
+        return value is not None and value != "" and float(str(value)) > 0
+    except ValueError:
+        return False
 
 
 def frames_by_segment(seg: Dataset, slice_of_sop: dict[str, int]) -> dict[int, dict[int, int]]:

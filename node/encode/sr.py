@@ -55,6 +55,7 @@ from node.encode.provenance import (
     sr_algorithm_identification,
 )
 from node.encode.seg import frames_by_segment, segment_numbers
+from node.encode.sources import complete_type2
 from node.errors import EncodeError
 
 log = logging.getLogger(__name__)
@@ -304,6 +305,7 @@ def build_sr(
     if seg is not None:
         _check_seg(seg, result, card)
         frames = frames_by_segment(seg, {str(h.SOPInstanceUID): k for k, h in enumerate(volume.headers)})
+    complete_type2(volume.headers)
     presence = label_presence(result, card)
     evidence = [*volume.headers, *([seg] if seg is not None else [])]
     description = f"{card.model.name} {card.model.version}"

@@ -14,13 +14,16 @@ from pydicom import Dataset, dcmread, dcmwrite
 
 from node.analyse.card import ModelCard, Outputs
 from node.analyse.types import AnalysisResult, Priority, Volume
+from node.analyse.volume import load_series
 from node.encode import encode_results, write_datasets
 from node.encode.provenance import PROCESSING_ALGORITHM, device_uid
 from node.encode.sc import build_sc, key_slices
 from node.encode.seg import build_seg, segment_label_map, segment_numbers
+from node.encode.sources import TYPE2_COPIED
 from node.encode.sr import ABSENT, PRESENCE_CONCEPT, PRESENT, PRIORITY_CONCEPT, PRIORITY_SCHEME, build_sr
 from node.errors import EncodeError
 from tests.encode_fixtures import LUNG, NODULE, lung_card, make_result, write_phantom
+from tests.tools import dciodvfy
 
 
 def _roundtrip(ds: Dataset) -> Dataset:
@@ -327,3 +330,27 @@ def test_encode_results_honours_outputs_and_writes_whole_files(
 def test_encode_results_skips_the_seg_when_nothing_is_present(result: AnalysisResult, card: ModelCard) -> None:
     empty = AnalysisResult(result.volume, np.zeros_like(result.labels), (), Priority.ROUTINE, "")
     assert [d.Modality for d in encode_results(empty, card)] == ["SR"]
+
+
+def test_results_from_a_source_without_type2_attributes_are_valid(tmp_path: Path, card: ModelCard) -> None:
+    """Omitted Type 2 attributes (birth date, accession number, slice thickness...) cannot stop the results."""
+    source = tmp_path / "ct"
+    write_phantom(source)
+    for path in source.iterdir():
+        ds = dcmread(path)
+        for keyword in (*TYPE2_COPIED, "SliceThickness"):
+            if keyword in ds:
+                delattr(ds, keyword)
+        ds.save_as(path)
+    volume = load_series(source)
+    assert "PatientBirthDate" not in volume.headers[0] and "SliceThickness" not in volume.headers[0]
+    datasets = encode_results(make_result(volume), card)
+    assert [d.Modality for d in datasets] == ["SEG", "SR"]
+    for ds in datasets:
+        assert ds.PatientBirthDate == "" and ds.AccessionNumber == ""  # present and empty, as Type 2 allows
+    seg = datasets[0]
+    measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    assert float(measures.SliceThickness) == pytest.approx(volume.spacing[0])
+    for path in write_datasets(datasets, tmp_path / "out"):
+        errors, _ = dciodvfy(path)
+        assert errors == [], errors
