@@ -9,6 +9,8 @@
     ChildProcesses: 1 × ``pacs-node sender`` (threads per peer) ──▶ C-STORE to the peers, retried with
         backoff, parked when dead. Its own process: sending costs about as much CPU as receiving, and
         in one Python process both would share one core (measured: forwarding halved the receive rate).
+    Retention (thread): finished studies deleted after ``retention.keep_days`` or under disk pressure,
+        never one with unfinished jobs (node.store.retention)
     Maintenance (thread): expired leases back to the queue, status.json for ``pacs-node status``
 
 The job store (``jobs.sqlite3``) is the only channel between the processes. SIGTERM drains: stop
@@ -39,6 +41,7 @@ from node.routing import Router
 from node.routing.log import RoutingLog
 from node.store import DiskGuard, Index, Spool, free_mb
 from node.store.completion import CompletionTimer
+from node.store.retention import Retention
 
 if TYPE_CHECKING:
     from node.analyse.runtime import Model
@@ -99,6 +102,14 @@ class NodeService:
         )
         self.receiver = Receiver(config, self.handler, self.audit)
         self.timer = CompletionTimer(self.index, config.completion, self.router.study_complete)
+        self.retention = Retention(
+            config,
+            self.index,
+            self.jobs,
+            audit=self.audit,
+            routed_up_to=self.routing_log.cursor,
+            forget=self.router.forget,
+        )
 
         def command(name: str) -> list[str]:
             return [
@@ -142,6 +153,7 @@ class NodeService:
             log.info("%d jobs of a previous run taken back", expired)
         # Studies cut off by the stop or crash get a full quiet period: their senders can send the rest.
         self.index.restart_quiet_periods(time.time())
+        self._recover_deletions()
         self._router_thread.start()
         self.receiver.start()
         self._record(
@@ -152,6 +164,8 @@ class NodeService:
             rules=[r.name for r in self.config.effective_rules()],
         )
         self.timer.start()
+        if self.config.retention.enabled:
+            self.retention.start()
         self.sender.start()
         self.workers.start()
         log.info("node ready: %s on %s:%d", self.config.node.ae_title, self.config.node.bind, self.receiver.port)
@@ -163,6 +177,20 @@ class NodeService:
                 last_maintenance = time.monotonic()
                 self._maintain()
         self.drain()
+
+    def _recover_deletions(self) -> None:
+        """Before the receiver listens: finish the study deletions a crash interrupted (even with retention off).
+
+        An association bringing a study marked for deletion would wait for it; the marker's deletion is
+        finished here, or, failing that, by the first retention pass.
+        """
+        try:
+            finished = self.retention.recover()
+        except (NodeError, OSError) as exc:
+            log.error("cannot finish the study deletions a previous run interrupted (retried later): %s", exc)
+            return
+        if finished:
+            log.info("%d study deletions of a previous run finished", finished)
 
     def _record(self, event: str, **fields: object) -> None:
         try:
@@ -190,6 +218,7 @@ class NodeService:
             "sender_alive": self.sender.alive(),
             "workers_configured": self.workers.count,
             "free_mb": round(free_mb(data_dir), 1),
+            "retention": self.retention.totals(),
         }
         temp = data_dir / f".{STATUS_FILE}.tmp"
         temp.write_text(json.dumps(status) + "\n", encoding="utf-8")
@@ -206,6 +235,7 @@ class NodeService:
             steps.append(f"{name} {time.monotonic() - started:.1f} s")
             started = time.monotonic()
 
+        self.retention.stop(timeout=0)  # no new pass, nor a new study once the one in hand is deleted
         self.receiver.stop_listening()
         aborted = self.receiver.drain(deadline)
         step("associations")
@@ -213,6 +243,7 @@ class NodeService:
         self.router.wake.set()
         self._router_thread.join(timeout=deadline)
         self.timer.stop()
+        self.retention.stop(deadline)
         self.workers.stop(deadline)
         step("workers")
         self.stop.set()

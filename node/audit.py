@@ -16,6 +16,8 @@ Events are modelled on the DICOM audit message categories (PS3.15 Annex A.5, eve
     study-received         DICOM Instances Transferred (110104)  success: instances of one study from a peer
     instances-sent         DICOM Instances Transferred (110104)  success or serious failure (8), per peer
     job-failed             Application Activity (110100)        serious failure (8): a job is dead
+    study-deleted          DICOM Study Deleted (110105)         success: retention deleted a study (reason,
+                                                                instances, bytes)
 
 Records carry AE titles, addresses, UIDs, counts and reasons, never a patient's name, ID or birth date
 (callers pass no dataset, only these fields).
@@ -39,6 +41,7 @@ EVENTS: dict[str, tuple[str, str]] = {
     "study-received": ("110104", "DICOM Instances Transferred"),
     "instances-sent": ("110104", "DICOM Instances Transferred"),
     "job-failed": ("110100", "Application Activity"),
+    "study-deleted": ("110105", "DICOM Study Deleted"),
 }
 OUTCOMES = {"success": 0, "minor failure": 4, "serious failure": 8, "major failure": 12}
 

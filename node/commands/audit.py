@@ -24,7 +24,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="read the audit trail (associations, studies received, instances sent, failures)",
         description="The audit trail is separate from the logs: one record per association accepted or rejected, "
         "study received (instances, series, from which AE and address), batch of instances sent (to which peer, "
-        "how many, which studies), dead job, and node start and stop. It holds no patient name, ID or birth date.",
+        "how many, which studies), dead job, study deleted by retention, and node start and stop. It holds no "
+        "patient name, ID or birth date.",
         epilog="examples:\n  pacs-node audit tail --config config/node.toml\n"
         "  pacs-node audit tail --since 2h --config config/node.toml\n"
         "  pacs-node audit tail --since 2026-11-24T08:00 --json --config config/node.toml",

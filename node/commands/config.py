@@ -83,7 +83,17 @@ def summary(config: NodeConfig, cards: list[ModelCard]) -> list[str]:
     else:
         targets = ", ".join(config.analysis.send_results_to) or "nowhere (analysis.send_results_to is empty)"
         lines.append(f"  results   sent to {targets}")
+    lines.append(f"  retention {_retention(config)}")
     return lines
+
+
+def _retention(config: NodeConfig) -> str:
+    keep = config.retention
+    if not keep.enabled:
+        return "off: nothing is ever deleted"
+    age = "at the first pass" if keep.keep_days == 0 else f"{keep.keep_days:g} days after their last instance"
+    disk = f", or sooner while less than {keep.free_disk_target_mb:,} MB is free" if keep.free_disk_target_mb else ""
+    return f"finished studies deleted {age}{disk}"
 
 
 def run(args: argparse.Namespace) -> int:

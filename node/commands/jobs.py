@@ -54,9 +54,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "status",
         help="is the node running; queues per state; failures; disk",
         description="Reads the data dir of the config: whether serve is running (its status file is fresh), open "
-        "associations, jobs per kind and state, the latest dead jobs with their errors, studies received and "
-        "free disk space against limits.min_free_disk_mb. Exit code 0 when serve is running and nothing is "
-        "dead, 1 otherwise (usable by monitoring).",
+        "associations, what retention deleted since serve started, jobs per kind and state, the latest dead "
+        "jobs with their errors, studies received and free disk space against limits.min_free_disk_mb. Exit "
+        "code 0 when serve is running and nothing is dead, 1 otherwise (usable by monitoring).",
         epilog="example: pacs-node status --config config/node.toml",
     )
     _config_arg(status)
@@ -132,6 +132,22 @@ def retry_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _retention_line(totals: object) -> str:
+    """What retention did since serve started (``status.json``'s ``retention``, see node.store.retention)."""
+    if not isinstance(totals, dict):
+        return "retention: unknown (serve predates it)"
+    if not totals.get("enabled", True):
+        return "retention: off (nothing is deleted)"
+    last = totals.get("last_pass")
+    held = int(totals.get("held", 0))
+    kept = f"; {held} old studies kept for unfinished jobs" if held else ""
+    return (
+        f"retention: last pass {_ago(float(last)) if last is not None else 'not yet'}, "
+        f"{int(totals.get('studies', 0))} studies ({int(totals.get('bytes', 0)) / 1e6:,.1f} MB) deleted since start"
+        f"{kept}"
+    )
+
+
 def show_status(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     node = config.node
@@ -146,6 +162,7 @@ def show_status(args: argparse.Namespace) -> int:
             f"{running['associations']} associations open, workers {running['workers_alive']}/"
             f"{running['workers_configured']}"
         )
+        print(_retention_line(running.get("retention")))
     else:
         print(f"serve: not running (no fresh {status_path})")
         healthy = False

@@ -50,6 +50,7 @@ from node.config.sections import (
     Logging,
     NodeSection,
     Peer,
+    Retention,
     Sender,
     Workers,
 )
@@ -80,6 +81,7 @@ __all__ = [
     "Operators",
     "Peer",
     "Port",
+    "Retention",
     "Rule",
     "Seconds",
     "Sender",

@@ -1,5 +1,5 @@
 """The sections of the config file but the rules: ``[node]``, ``[limits]``, ``[completion]``, ``[workers]``,
-``[[peers]]``, ``[analysis]``, ``[sender]``, ``[duplicates]`` and ``[logging]``."""
+``[[peers]]``, ``[analysis]``, ``[sender]``, ``[duplicates]``, ``[retention]`` and ``[logging]``."""
 
 from __future__ import annotations
 
@@ -62,6 +62,14 @@ class NodeSection(_Section):
     @property
     def log_dir(self) -> Path:
         return self.data_dir / "logs"
+
+    def results_dir(self, job_id: int) -> Path:
+        """The outbox folder of analysis job ``job_id``'s results (``outbox/analyse-<id>/``).
+
+        The worker writes there; retention removes it with the study. Send payloads name files below it
+        (``node.jobs.kinds`` reads the job id back from such a path).
+        """
+        return self.outbox_dir / f"analyse-{job_id}"
 
 
 class Limits(_Section):
@@ -166,6 +174,18 @@ class Duplicates(_Section):
     """``[duplicates]``: what a second copy of a stored SOP Instance UID does."""
 
     policy: Literal["keep-first", "replace"] = "keep-first"
+
+
+class Retention(_Section):
+    """``[retention]``: when finished studies leave the spool (DESIGN §4.6, see :mod:`node.store.retention`)."""
+
+    enabled: bool = True
+    # Days after a study's last instance; 0 deletes a finished study at the first pass.
+    keep_days: Annotated[float, _check(lambda v: v >= 0, "must be >= 0")] = 7.0
+    # Free space (MB) retention restores by deleting finished studies oldest first; 0 = off. Checked
+    # against limits.min_free_disk_mb in NodeConfig (a relation between two sections).
+    free_disk_target_mb: Annotated[int, _between(0, 2**40)] = 0
+    interval_s: Seconds = 300.0
 
 
 class Logging(_Section):

@@ -18,6 +18,7 @@ from node.config.sections import (
     Logging,
     NodeSection,
     Peer,
+    Retention,
     Sender,
     Workers,
 )
@@ -43,6 +44,7 @@ class NodeConfig(_Section):
     fallback: Fallback = Fallback()
     sender: Sender = Sender()
     duplicates: Duplicates = Duplicates()
+    retention: Retention = Retention()
     logging: Logging = Logging()
 
     def _relations(self) -> list[tuple[Loc, str]]:
@@ -60,6 +62,11 @@ class NodeConfig(_Section):
             if peer.allow_store:
                 storing.setdefault(peer.ae_title, peer)
         problems += _destinations(("analysis", "send_results_to"), self.analysis.send_results_to, named)
+        target, floor = self.retention.free_disk_target_mb, self.limits.min_free_disk_mb
+        if target and target <= floor:
+            # At or below the floor, stores are already refused before retention would start freeing space.
+            why = f"must be 0 (off) or greater than limits.min_free_disk_mb ({floor}), not {target}"
+            problems.append((("retention", "free_disk_target_mb"), why))
         return problems + self._rule_relations(named)
 
     def _rule_relations(self, named: dict[str, Peer]) -> list[tuple[Loc, str]]:

@@ -9,10 +9,11 @@ queued, running or done is never queued again.
 
 from __future__ import annotations
 
+from node.jobs.kinds import SEND_KIND_PREFIX
 from node.jobs.store import JobStore
 from node.jobs.types import NewJob
 
-SEND_KIND_PREFIX = "send:"
+__all__ = ["SEND_KIND_PREFIX", "enqueue_send", "send_job", "send_kind"]
 
 
 def send_kind(peer: str) -> str:

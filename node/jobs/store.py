@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from node.jobs.backoff import delay
+from node.jobs.kinds import ANALYSE, study_of
 from node.jobs.types import (
     COLUMNS,
     SCHEMA,
@@ -114,15 +115,43 @@ class JobStore:
             raise
 
     def _migrate(self) -> None:
+        """Create the schema, or bring an older store up to it (every process may run this; one at a time)."""
         with self._write() as conn:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise JobStoreError(
                     f"job store {self.path}: schema version {version} is newer than this node ({SCHEMA_VERSION})"
                 )
-            for statement in SCHEMA:
+            conn.execute(SCHEMA[0])  # the table, if new (with every column)
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+            if "study" not in columns:  # version 1: file every existing job under its study
+                conn.execute("ALTER TABLE jobs ADD COLUMN study TEXT")
+                filed = self._file_under_studies(conn)
+                log.info("job store %s: upgraded, %d existing jobs filed under their studies", self.path, filed)
+            for statement in SCHEMA[1:]:
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @staticmethod
+    def _file_under_studies(conn: sqlite3.Connection) -> int:
+        """Fill the study column of jobs enqueued before it existed (in id order: an analysis before its sends)."""
+        rows = conn.execute("SELECT id, kind, payload FROM jobs WHERE study IS NULL ORDER BY id").fetchall()
+        filed = 0
+        for job_id, kind, payload in rows:
+            try:
+                data = json.loads(payload)
+            except ValueError:
+                continue
+            study = study_of(kind, data if isinstance(data, dict) else {}, lambda n: JobStore._study(conn, n))
+            if study is not None:
+                conn.execute("UPDATE jobs SET study = ? WHERE id = ?", (study, job_id))
+                filed += 1
+        return filed
+
+    @staticmethod
+    def _study(conn: sqlite3.Connection, analysis_id: int) -> str | None:
+        row = conn.execute("SELECT study FROM jobs WHERE id = ? AND kind = ?", (analysis_id, ANALYSE)).fetchone()
+        return None if row is None or row[0] is None else str(row[0])
 
     def close(self) -> None:
         """Close the connection; the store cannot be used afterwards."""
@@ -228,11 +257,13 @@ class JobStore:
                     ids.append(existing)
                     continue
                 start = now if job.not_before is None else job.not_before
+                # In this transaction: a result send finds the study of the analysis that made it.
+                study = study_of(job.kind, job.payload, lambda n: self._study(conn, n))
                 job_id = int(
                     conn.execute(
-                        "INSERT INTO jobs (kind, payload, dedup_key, priority, state, not_before, created, updated)"
-                        " VALUES (?, ?, ?, ?, 'queued', ?, ?, ?) RETURNING id",
-                        (job.kind, text, job.dedup_key, job.priority, start, now, now),
+                        "INSERT INTO jobs (kind, payload, dedup_key, priority, state, not_before, created, updated,"
+                        " study) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?) RETURNING id",
+                        (job.kind, text, job.dedup_key, job.priority, start, now, now, study),
                     ).fetchone()[0]
                 )
                 ids.append(job_id)
@@ -447,6 +478,38 @@ class JobStore:
                 f"SELECT {COLUMNS} FROM jobs WHERE payload LIKE ? ESCAPE '\\' ORDER BY id LIMIT ?", (pattern, limit)
             )
             return [job_from_row(row) for row in rows]
+
+    # -- per study (retention: node.store.retention.StudyJobs) ---------------------------------------
+
+    def studies_with_unfinished_jobs(self) -> set[str]:
+        """Studies that have a job in any state but done (queued, running, waiting for a retry, dead)."""
+        with self._read() as conn:
+            rows = conn.execute("SELECT DISTINCT study FROM jobs WHERE study IS NOT NULL AND state != 'done'")
+            return {str(row[0]) for row in rows}
+
+    def unfinished_jobs_of_study(self, study: str) -> int:
+        """How many of the study's jobs are not done (a dead one counts: a person may retry it)."""
+        with self._read() as conn:
+            row = conn.execute("SELECT COUNT(*) FROM jobs WHERE study = ? AND state != 'done'", (study,)).fetchone()
+        return int(row[0])
+
+    def analyses_of_study(self, study: str) -> builtins.list[int]:
+        """Ids of the study's ``analyse`` jobs (each has its results folder in the outbox)."""
+        with self._read() as conn:
+            rows = conn.execute("SELECT id FROM jobs WHERE study = ? AND kind = ? ORDER BY id", (study, ANALYSE))
+            return [int(row[0]) for row in rows]
+
+    def forget_study(self, study: str) -> int:
+        """Delete the study's done jobs (retention deleted the study); return how many.
+
+        Jobs in any other state are kept: retention deletes only studies that have none, and this is
+        not the place to decide otherwise. Their dedup keys go too, so the same study received again is
+        forwarded and analysed again.
+        """
+        with self._write() as conn:
+            removed = conn.execute("DELETE FROM jobs WHERE study = ? AND state = 'done'", (study,)).rowcount
+        log.debug("%d done jobs of study %s deleted", removed, study)
+        return int(removed)
 
     def counts(self) -> dict[tuple[str, JobState], int]:
         """Number of jobs per (kind, state), for status pages and metrics; absent pairs are zero."""

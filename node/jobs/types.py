@@ -75,6 +75,8 @@ class Job:
         Who holds the job and until when; set only while running.
     last_error
         Text of the last failure (kept after a retry on request, for the record), or ``None``.
+    study
+        The Study Instance UID the job concerns (see :func:`node.jobs.kinds.study_of`), or ``None``.
     """
 
     id: int
@@ -90,9 +92,11 @@ class Job:
     lease_owner: str | None = None
     lease_expires: float | None = None
     last_error: str | None = None
+    study: str | None = None
 
 
-SCHEMA_VERSION = 1
+# 2: the study column (retention asks which jobs a study still has); JobStore._migrate fills it in.
+SCHEMA_VERSION = 2
 
 SCHEMA = (
     # AUTOINCREMENT: ids appear in logs and the audit trail, so one must never be reused after a purge.
@@ -101,7 +105,7 @@ SCHEMA = (
         priority INTEGER NOT NULL DEFAULT 0,
         state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'done', 'dead')),
         attempts INTEGER NOT NULL DEFAULT 0, not_before REAL NOT NULL, lease_owner TEXT, lease_expires REAL,
-        created REAL NOT NULL, updated REAL NOT NULL, last_error TEXT
+        created REAL NOT NULL, updated REAL NOT NULL, last_error TEXT, study TEXT
     )""",
     # The dedup key is unique among live jobs only: a send that is done or dead may be asked for again.
     """CREATE UNIQUE INDEX IF NOT EXISTS jobs_dedup ON jobs (kind, dedup_key)
@@ -111,11 +115,13 @@ SCHEMA = (
     "CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, kind)",
     # enqueue(once=True) looks for a done job with the key.
     "CREATE INDEX IF NOT EXISTS jobs_key ON jobs (kind, dedup_key) WHERE dedup_key IS NOT NULL",
+    # Retention: does a study still have jobs that are not done, which are its analyses.
+    "CREATE INDEX IF NOT EXISTS jobs_study ON jobs (study, state)",
 )
 
 COLUMNS = (
     "id, kind, payload, state, priority, attempts, not_before, created, updated,"
-    " dedup_key, lease_owner, lease_expires, last_error"
+    " dedup_key, lease_owner, lease_expires, last_error, study"
 )
 
 

@@ -9,6 +9,7 @@ It does only this, and answers SUCCESS only after both durable steps (DESIGN §4
     UIDs usable as file names?                       -> CANNOT_UNDERSTAND_INVALID_UID
     write the bytes as received: temp, fsync, rename -> OUT_OF_RESOURCES if the OS refuses
     (keep-first and already stored: keep the stored file, count a duplicate)
+    study being deleted by retention for too long    -> OUT_OF_RESOURCES (nothing written)
     commit the index row                             -> OUT_OF_RESOURCES if the commit fails
     late instance of a complete study and late_instances = "reanalyse": reopen the study
     -> SUCCESS
@@ -199,8 +200,10 @@ class StoreHandler:
         except ValueError as exc:  # file meta cannot be encoded (e.g. a UID too long for its VR)
             return Status.CANNOT_UNDERSTAND, "cannot understand", f"file meta cannot be written: {exc}"
         key = association_id(event)
-        self.index.association_carried(key, who.study_instance_uid)
         try:
+            # Before the file is written: it also waits while retention is deleting this study
+            # (StudyBeingDeletedError, a StoreError, if that takes too long: the sender retries later).
+            self.index.association_carried(key, who.study_instance_uid)
             stored_already = self.keep_first and self.spool.exists(
                 who.study_instance_uid, who.series_instance_uid, who.sop_instance_uid
             )

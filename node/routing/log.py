@@ -80,6 +80,11 @@ class RoutingLog:
         with immediate_transaction(self._db, self._lock, lambda e: RoutingLogError(f"routing log: {e}")) as db:
             db.executemany(f"{verb} INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
+    def forget(self, study: str) -> None:
+        """Delete the study's decisions (retention deleted the study; a new arrival is routed afresh)."""
+        with immediate_transaction(self._db, self._lock, lambda e: RoutingLogError(f"routing log: {e}")) as db:
+            db.execute("DELETE FROM decisions WHERE study = ?", (study,))
+
     def decisions(self, study: str) -> list[Decision]:
         with self._lock:
             rows = self._db.execute(

@@ -215,6 +215,11 @@ class Router:
                 log.exception("routing new instances failed; retrying")
                 stop.wait(1.0)
 
+    def forget(self, study_uid: str) -> None:
+        """Retention deleted the study: drop its decisions and cached quiet period (it may arrive again)."""
+        self._quiet_given.pop(study_uid, None)
+        self.log.forget(study_uid)
+
     # -- completion --------------------------------------------------------------------------------
 
     def study_complete(self, study_uid: str) -> list[str]:

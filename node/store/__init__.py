@@ -14,6 +14,8 @@ What a C-STORE handler does with it, on the association's thread (DESIGN §3, §
 The file is durable before its row is committed, so after a crash every row has a complete file; a file
 without a row (crash between the two) is stored again when the sender retries, and ``record`` then
 reports it as new. ``spool.cleanup_temp()`` runs once at start-up, before associations are accepted.
+Retention (:mod:`node.store.retention`) deletes finished studies; ``index.association_carried`` waits
+while the study it is given is being deleted.
 
 Errors (all derive from ``node.errors.NodeError`` through ``StoreError``)::
 
@@ -21,13 +23,14 @@ Errors (all derive from ``node.errors.NodeError`` through ``StoreError``)::
     ├── InvalidUIDError      a UID cannot be a file name (0xC000 range: retrying will not help)
     ├── SpoolWriteError      the OS refused the write: disk full, I/O error (0xA700)
     ├── AlreadyStoredError   write(overwrite=False) found the file already there; it was kept
-    └── IndexDatabaseError   the index cannot be opened, read or committed (0xA700 for a store)
+    ├── IndexDatabaseError   the index cannot be opened, read or committed (0xA700 for a store)
+    └── StudyBeingDeletedError  retention is deleting the study an instance belongs to, still after the wait
 """
 
 from __future__ import annotations
 
 from node.store.disk import DiskGuard, free_mb
-from node.store.index import Index, IndexDatabaseError
+from node.store.index import Index, IndexDatabaseError, StudyBeingDeletedError
 from node.store.rows import Instance, Recorded, StudySummary
 from node.store.spool import (
     AlreadyStoredError,
@@ -51,6 +54,7 @@ __all__ = [
     "Spool",
     "SpoolWriteError",
     "StoreError",
+    "StudyBeingDeletedError",
     "StudySummary",
     "free_mb",
     "part10_bytes",

@@ -13,6 +13,14 @@ fsync dominates); reads are a handful of indexed rows. Other processes (CLI, web
 
 Open associations are process-local state (they die with the process), so they are kept in memory, not
 in the database: after a restart no study is held open by an association that no longer exists.
+
+Retention (:mod:`node.store.retention`) takes a study out of service with a committed row in ``deleting``
+(:meth:`Index.begin_deletion`) before it removes anything, and only if no open association carries the
+study; the check and the row happen under the lock that :meth:`Index.association_carried` takes. So an
+association either carries the study first (and retention leaves it alone) or arrives while it is being
+deleted and waits, on a condition variable, until :meth:`Index.end_deletion` (or
+:meth:`Index.abandon_deletion`) has committed: its instance is written only once the study's folder and
+rows are gone, and starts the study again.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from node.store.rows import (
     MIGRATIONS,
     SCHEMA,
     SCHEMA_VERSION,
+    Deletion,
     Instance,
     Recorded,
     StudySummary,
@@ -49,6 +58,13 @@ class IndexDatabaseError(StoreError):
     """
 
 
+class StudyBeingDeletedError(StoreError):
+    """An association brought an instance of a study that retention is deleting, and the deletion did not
+    end within the index's ``deletion_wait_s``. Nothing was written: the store must be answered with a
+    failure status, and the sender's retry starts the study again once the deletion has ended.
+    """
+
+
 class Index:
     """SQLite index of the spool, safe to share between threads.
 
@@ -58,6 +74,8 @@ class Index:
         The database file; created with the current schema if missing.
     clock : callable
         Returns the time in seconds; stamps ``received_at`` and association releases. Tests inject one.
+    deletion_wait_s : float
+        How long :meth:`association_carried` waits for the deletion of the study it brings to end.
 
     Raises
     ------
@@ -65,12 +83,17 @@ class Index:
         The file cannot be opened, is not a database, or has a newer schema than this code knows.
     """
 
-    def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, path: Path, clock: Callable[[], float] = time.time, deletion_wait_s: float = 5.0) -> None:
         self.path = Path(path)
         self._clock = clock
+        self._deletion_wait_s = deletion_wait_s
         self._lock = threading.Lock()
         # association id -> studies it carried; see the module docstring for why this is in memory.
         self._open: dict[str, set[str]] = {}
+        # Studies with a row in ``deleting`` (a copy of the table, read under the lock without a query);
+        # ``_deletion_ended`` wakes the associations waiting for one of them.
+        self._deleting: set[str] = set()
+        self._deletion_ended = threading.Condition(self._lock)
         try:
             # Autocommit mode: transactions are opened explicitly with BEGIN IMMEDIATE in _write().
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -80,6 +103,7 @@ class Index:
                 raise IndexDatabaseError(f"index {self.path}: cannot switch to WAL journal mode (got {mode})")
             self._db.execute("PRAGMA synchronous = FULL")
             self._migrate()
+            self._deleting = {str(row[0]) for row in self._db.execute("SELECT study_instance_uid FROM deleting")}
         except sqlite3.Error as error:
             raise IndexDatabaseError(f"cannot open the index {self.path}: {error}") from error
         log.info("index %s open (schema %d)", self.path, SCHEMA_VERSION)
@@ -287,8 +311,28 @@ class Index:
             self._open.setdefault(association_id, set())
 
     def association_carried(self, association_id: str, study_instance_uid: str) -> None:
-        """Note that an open association carries the study: it is not quiet until the association ends."""
+        """Note that an open association carries the study: it is not quiet until the association ends.
+
+        The C-STORE handler calls this before it writes the instance. If retention is deleting the study,
+        wait (at most ``deletion_wait_s``) for the deletion to end, so that the instance is written after
+        the study's folder and rows are gone and starts the study again.
+
+        Raises
+        ------
+        StudyBeingDeletedError
+            The deletion did not end in time; the caller must not store the instance (failure status).
+        """
         with self._lock:
+            if study_instance_uid in self._deleting:
+                log.info("an instance arrived for a study being deleted by retention: waiting for the deletion")
+                ended = self._deletion_ended.wait_for(
+                    lambda: study_instance_uid not in self._deleting, self._deletion_wait_s
+                )
+                if not ended:
+                    raise StudyBeingDeletedError(
+                        f"the study is being deleted by retention (still after {self._deletion_wait_s:g} s): "
+                        "the instance was not stored; send it again"
+                    )
             self._open.setdefault(association_id, set()).add(study_instance_uid)
 
     def association_closed(self, association_id: str) -> None:
@@ -354,3 +398,122 @@ class Index:
                 (now, study_instance_uid),
             )
         log.debug("study %s complete", study_instance_uid)
+
+    # -- retention -------------------------------------------------------------------------------------
+
+    def finished_studies(
+        self, now: float, quiet_seconds: float, received_before: float | None = None, page: int = 200
+    ) -> Iterator[str]:
+        """Complete studies that retention may consider, by their last instance, oldest first.
+
+        A study qualifies when it is complete, its quiet period has passed since its last activity, no
+        open association carries it and it is not being deleted; with ``received_before``, only if its
+        last instance arrived at or before that time. Whether its jobs are finished is the job store's
+        to say. Read a page at a time (the lock is not held between pages), so what is yielded may have
+        changed since: :meth:`begin_deletion` checks again.
+        """
+        age = "" if received_before is None else " AND last_received_at <= ?"
+        after: tuple[float, str] = (float("-inf"), "")
+        while True:
+            params: tuple[object, ...] = (now, quiet_seconds, *after)
+            if received_before is not None:
+                params += (received_before,)
+            rows = self._read(
+                "SELECT study_instance_uid, last_received_at FROM studies WHERE completed_at IS NOT NULL"
+                " AND last_activity_at <= ? - COALESCE(quiet_seconds, ?)"
+                f" AND (last_received_at, study_instance_uid) > (?, ?){age}"
+                " AND study_instance_uid NOT IN (SELECT study_instance_uid FROM deleting)"
+                " ORDER BY last_received_at, study_instance_uid LIMIT ?",
+                (*params, page),
+            )
+            with self._lock:
+                carried = set().union(*self._open.values()) if self._open else set()
+            for study, _ in rows:
+                if study not in carried:
+                    yield str(study)
+            if len(rows) < page:
+                return
+            after = (float(rows[-1][1]), str(rows[-1][0]))
+
+    def begin_deletion(
+        self,
+        study_instance_uid: str,
+        *,
+        reason: str,
+        now: float,
+        quiet_seconds: float,
+        received_before: float | None = None,
+        routed_up_to: int | None = None,
+    ) -> Deletion | None:
+        """Take a finished study out of service: commit its row in ``deleting``; ``None`` if it is not finished.
+
+        Checked in the same transaction, under the lock :meth:`association_carried` takes (so no
+        association can start carrying the study in between): complete, quiet since ``now -
+        quiet_seconds`` (or its rule's quiet period), last instance at or before ``received_before`` (when
+        given), every instance routed (rowid at most ``routed_up_to``, the router's cursor, when given),
+        carried by no open association, not already being deleted. From the commit on, an association
+        bringing the study waits until :meth:`end_deletion` or :meth:`abandon_deletion`.
+        """
+        age = "" if received_before is None else " AND s.last_received_at <= ?"
+        params: tuple[object, ...] = (study_instance_uid, now, quiet_seconds)
+        if received_before is not None:
+            params += (received_before,)
+        added = False
+        try:
+            with self._write() as db:  # holds self._lock until the commit
+                if study_instance_uid in self._deleting or any(study_instance_uid in s for s in self._open.values()):
+                    return None
+                row = db.execute(
+                    "SELECT COUNT(i.sop_instance_uid), COALESCE(SUM(i.size), 0), COALESCE(MAX(i.rowid), 0)"
+                    " FROM studies s LEFT JOIN instances i ON i.study_instance_uid = s.study_instance_uid"
+                    " WHERE s.study_instance_uid = ? AND s.completed_at IS NOT NULL"
+                    f" AND s.last_activity_at <= ? - COALESCE(s.quiet_seconds, ?){age} GROUP BY s.study_instance_uid",
+                    params,
+                ).fetchone()
+                if row is None or (routed_up_to is not None and int(row[2]) > routed_up_to):
+                    return None
+                marked = Deletion(study_instance_uid, reason, int(row[0]), int(row[1]), now)
+                db.execute(
+                    "INSERT INTO deleting (study_instance_uid, reason, instances, bytes, marked_at)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (study_instance_uid, reason, marked.instances, marked.bytes, now),
+                )
+                # Before the lock is released: an association that comes after the commit must wait.
+                self._deleting.add(study_instance_uid)
+                added = True
+        except BaseException:
+            if added:  # the commit failed: nothing is out of service
+                self._deletion_over(study_instance_uid)
+            raise
+        log.debug("study %s out of service for deletion (%s)", study_instance_uid, reason)
+        return marked
+
+    def deletions(self) -> list[Deletion]:
+        """Studies taken out of service and not yet deleted (a crash or a failure interrupted them)."""
+        rows = self._read(
+            "SELECT study_instance_uid, reason, instances, bytes, marked_at FROM deleting ORDER BY marked_at"
+        )
+        return [Deletion(str(r[0]), str(r[1]), int(r[2]), int(r[3]), float(r[4])) for r in rows]
+
+    def end_deletion(self, study_instance_uid: str) -> int:
+        """Delete the study's rows and its ``deleting`` row in one transaction; return the instance rows deleted.
+
+        Call after its files are gone. Associations waiting for the study go on once this has committed.
+        """
+        with self._write() as db:
+            removed = db.execute("DELETE FROM instances WHERE study_instance_uid = ?", (study_instance_uid,)).rowcount
+            db.execute("DELETE FROM studies WHERE study_instance_uid = ?", (study_instance_uid,))
+            db.execute("DELETE FROM deleting WHERE study_instance_uid = ?", (study_instance_uid,))
+        self._deletion_over(study_instance_uid)
+        return int(removed)
+
+    def abandon_deletion(self, study_instance_uid: str) -> None:
+        """Put a study marked by :meth:`begin_deletion` back in service, untouched (it still has work to do)."""
+        with self._write() as db:
+            db.execute("DELETE FROM deleting WHERE study_instance_uid = ?", (study_instance_uid,))
+        self._deletion_over(study_instance_uid)
+
+    def _deletion_over(self, study_instance_uid: str) -> None:
+        with self._lock:
+            self._deleting.discard(study_instance_uid)
+            self._deletion_ended.notify_all()

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 BUSY_TIMEOUT_MS = 10_000
 
 SCHEMA = """
 CREATE TABLE instances (
-    sop_instance_uid    TEXT PRIMARY KEY,
+    -- The rowid, never reused (AUTOINCREMENT): the router's cursor and retention's "routed" check count on
+    -- a new row having a higher rowid than every row before it, also after retention deleted the newest.
+    id                  INTEGER PRIMARY KEY AUTOINCREMENT,
+    sop_instance_uid    TEXT NOT NULL UNIQUE,
     study_instance_uid  TEXT NOT NULL,
     series_instance_uid TEXT NOT NULL,
     sop_class_uid       TEXT NOT NULL,
@@ -34,6 +37,13 @@ CREATE TABLE studies (
     quiet_seconds      REAL            -- a routing rule's quiet period for this study (NULL: the config's)
 );
 CREATE INDEX studies_by_received ON studies (last_received_at);
+CREATE TABLE deleting (
+    study_instance_uid TEXT PRIMARY KEY,  -- out of service: retention is deleting it (node.store.retention)
+    reason             TEXT NOT NULL,     -- "age" or "disk"
+    instances          INTEGER NOT NULL,  -- what it held when marked, for the audit record
+    bytes              INTEGER NOT NULL,
+    marked_at          REAL NOT NULL
+);
 """
 
 COLUMNS = (
@@ -48,6 +58,22 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE instances ADD COLUMN called_ae TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE instances ADD COLUMN source_address TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE studies ADD COLUMN quiet_seconds REAL",
+    ),
+    # Retention's markers, and instances rebuilt with rowids that are never reused (rowids kept).
+    4: (
+        "CREATE TABLE deleting (study_instance_uid TEXT PRIMARY KEY, reason TEXT NOT NULL,"
+        " instances INTEGER NOT NULL, bytes INTEGER NOT NULL, marked_at REAL NOT NULL)",
+        "CREATE TABLE instances_4 (id INTEGER PRIMARY KEY AUTOINCREMENT, sop_instance_uid TEXT NOT NULL UNIQUE,"
+        " study_instance_uid TEXT NOT NULL, series_instance_uid TEXT NOT NULL, sop_class_uid TEXT NOT NULL,"
+        " transfer_syntax_uid TEXT NOT NULL, path TEXT NOT NULL, size INTEGER NOT NULL, calling_ae TEXT NOT NULL,"
+        " received_at REAL NOT NULL, association_id TEXT NOT NULL, called_ae TEXT NOT NULL DEFAULT '',"
+        " source_address TEXT NOT NULL DEFAULT '')",
+        "INSERT INTO instances_4 SELECT rowid, sop_instance_uid, study_instance_uid, series_instance_uid,"
+        " sop_class_uid, transfer_syntax_uid, path, size, calling_ae, received_at, association_id, called_ae,"
+        " source_address FROM instances ORDER BY rowid",
+        "DROP TABLE instances",
+        "ALTER TABLE instances_4 RENAME TO instances",
+        "CREATE INDEX instances_by_series ON instances (study_instance_uid, series_instance_uid)",
     ),
 }
 
@@ -101,3 +127,26 @@ class StudySummary:
     last_received_at: float
     duplicates: int
     completed_at: float | None
+
+
+@dataclass(frozen=True)
+class Deletion:
+    """A study retention has taken out of service (a committed row of ``deleting``) and not yet deleted.
+
+    Attributes
+    ----------
+    study_instance_uid : str
+        The study.
+    reason : str
+        ``"age"`` (older than ``retention.keep_days``) or ``"disk"`` (free space below the target).
+    instances, bytes : int
+        Its instances and their spool bytes when it was marked.
+    marked_at : float
+        When it was marked (the index's clock).
+    """
+
+    study_instance_uid: str
+    reason: str
+    instances: int
+    bytes: int
+    marked_at: float

@@ -124,7 +124,8 @@ def part10_bytes(file_meta: FileMetaDataset, dataset_bytes: bytes) -> bytes:
     return part10_header(file_meta) + dataset_bytes
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make the entries of directory ``path`` durable (a new, renamed or removed name in it)."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -235,7 +236,7 @@ class Spool:
                 raise _write_error(self.root, error) from error
             raise
         try:
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
         except OSError as error:
             raise _write_error(self.root, error) from error
         log.debug("stored %s", final.relative_to(self.root))
@@ -273,7 +274,7 @@ class Spool:
                 known = directory in self._known_dirs
             if known and not created:
                 continue
-            _fsync_dir(directory.parent)
+            fsync_dir(directory.parent)
             with self._lock:
                 if len(self._known_dirs) >= _KNOWN_DIRS_MAX:
                     self._known_dirs = {self.root}

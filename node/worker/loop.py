@@ -127,7 +127,7 @@ class Worker:
         if model is None:
             raise InputError(f"model '{name}' is not loaded by this worker (it loads: {', '.join(self.models)})")
         data_dir = self.config.node.data_dir
-        folder = self.config.node.outbox_dir / f"analyse-{job.id}"
+        folder = self.config.node.results_dir(job.id)
         series = job.payload.get("series")
         manifest = analyse_study(
             str(job.payload["study"]),

@@ -53,7 +53,7 @@ def test_shipped_config_states_every_default() -> None:
     """Each key the shipped file sets has the value the model gives when the key is left out."""
     shipped = load_config(REPO / "config" / "node.toml")
     defaults = parse_config(BASE)
-    for section in ("limits", "completion", "workers", "sender", "duplicates", "logging"):
+    for section in ("limits", "completion", "workers", "sender", "duplicates", "retention", "logging"):
         assert getattr(shipped, section) == getattr(defaults, section), section
 
 
@@ -81,8 +81,25 @@ def test_minimal_file_takes_the_defaults() -> None:
     assert config.sender.give_up_after_hours == 24 and config.sender.associations_per_peer == 2
     assert config.duplicates.policy == "keep-first" and config.logging.level == "INFO"
     assert config.peers == () and config.analysis.send_results_to == ()
+    retention = config.retention
+    assert (retention.enabled, retention.keep_days, retention.free_disk_target_mb, retention.interval_s) == (
+        True,
+        7,
+        0,
+        300,
+    )
     with pytest.raises(KeyError):
         config.peer("pacs")
+
+
+def test_retention_settings_are_read_and_related_to_the_disk_floor() -> None:
+    text = BASE + "[limits]\nmin_free_disk_mb = 100\n[retention]\nkeep_days = 0\nfree_disk_target_mb = 101\n"
+    retention = parse_config(text + "interval_s = 0.5\nenabled = false\n").retention
+    assert (retention.keep_days, retention.free_disk_target_mb, retention.interval_s) == (0, 101, 0.5)
+    assert not retention.enabled
+    # Off (0) is always allowed, whatever the floor; a float is accepted for days.
+    assert parse_config(BASE + "[retention]\nfree_disk_target_mb = 0\nkeep_days = 1.5\n").retention.keep_days == 1.5
+    assert parse_config(BASE).node.results_dir(42) == Path("data/outbox/analyse-42").resolve()
 
 
 def test_config_is_frozen() -> None:
@@ -123,6 +140,26 @@ def test_absolute_data_dir_is_kept(tmp_path: Path) -> None:
         (BASE + "[limits]\nmax_pdu = 100\n", "limits.max_pdu: must be 0 (no limit) or 4096..4294967295, not 100"),
         (BASE + "[limits]\nacse_timeout_s = 0\n", "limits.acse_timeout_s: must be > 0, not 0.0"),
         (BASE + "[workers]\ncount = 65\n", "workers.count: must be 0..64, not 65"),
+        (BASE + "[retention]\nkeep_days = -1\n", "retention.keep_days: must be >= 0, not -1.0"),
+        (BASE + "[retention]\ninterval_s = 0\n", "retention.interval_s: must be > 0, not 0.0"),
+        (BASE + '[retention]\nkeep_days = "7"\n', "retention.keep_days: must be a number, not '7'"),
+        (BASE + "[retention]\nenabled = 1\n", "retention.enabled: must be true or false, not 1"),
+        (
+            BASE + "[retention]\nfree_disk_target_mb = -5\n",
+            "retention.free_disk_target_mb: must be 0..1099511627776, not -5",
+        ),
+        (
+            BASE + "[retention]\nkeep = 3\n",
+            "retention.keep: unknown key (allowed here: enabled, keep_days, free_disk_target_mb, interval_s)",
+        ),
+        (
+            BASE + "[retention]\nfree_disk_target_mb = 1024\n",
+            "retention.free_disk_target_mb: must be 0 (off) or greater than limits.min_free_disk_mb (1024), not 1024",
+        ),
+        (
+            BASE + "[limits]\nmin_free_disk_mb = 5000\n[retention]\nfree_disk_target_mb = 4000\n",
+            "retention.free_disk_target_mb: must be 0 (off) or greater than limits.min_free_disk_mb (5000), not 4000",
+        ),
         (
             BASE + '[logging]\nlevel = "info"\n',
             "logging.level: must be 'DEBUG', 'INFO', 'WARNING' or 'ERROR', not 'info'",
@@ -144,7 +181,7 @@ def test_absolute_data_dir_is_kept(tmp_path: Path) -> None:
         (
             BASE + "[limit]\n",
             "limit: unknown key (allowed here: node, limits, completion, workers, peers, analysis, rules, fallback, "
-            "sender, duplicates, logging)",
+            "sender, duplicates, retention, logging)",
         ),
         (BASE + "colour = 1\n", "node.colour: unknown key (allowed here: ae_title, bind, port, data_dir, tls)"),
         (
@@ -290,6 +327,7 @@ def test_check_config_shipped_file() -> None:
     assert "pacs (ORTHANC): receives results at 127.0.0.1:4242" in text
     assert "scanner (STORESCU): may send to us from any address" in text
     assert "lung-nodule-ct" in text and "sha256 verified" in text
+    assert "retention finished studies deleted 7 days after their last instance" in text
     assert done.stderr == ""
 
 
@@ -298,6 +336,28 @@ def test_check_config_site_example() -> None:
     assert done.returncode == 0, done.stderr
     assert "ct-emergency (CT_ED_01): may send to us from 10.20.1.15" in done.stdout
     assert "results   sent to pacs, research" in done.stdout
+    assert "retention finished studies deleted 3 days after their last instance, or sooner while less than" in (
+        done.stdout
+    )
+
+
+def test_check_config_refuses_a_retention_target_below_the_floor(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text(BASE + "[retention]\nfree_disk_target_mb = 10\nkeep_days = -2\n")
+    done = check_config(str(path))
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.splitlines() == [f"{path}: retention.keep_days: must be >= 0, not -2.0"]
+    path.write_text(BASE + "[retention]\nfree_disk_target_mb = 10\n")
+    done = check_config(str(path))
+    assert done.stderr.splitlines() == [
+        f"{path}: retention.free_disk_target_mb: must be 0 (off) or greater than limits.min_free_disk_mb (1024), not 10"
+    ]
+    path.write_text(BASE + "[retention]\nfree_disk_target_mb = 2048\nkeep_days = 0\n[analysis]\nmodels = []\n")
+    done = check_config(str(path))
+    assert done.returncode == 0, done.stderr
+    assert "retention finished studies deleted at the first pass, or sooner while less than 2,048 MB is free" in (
+        done.stdout
+    )
 
 
 def test_check_config_prints_every_problem_on_stderr(tmp_path: Path) -> None:

@@ -418,3 +418,92 @@ def test_requeue_owners_takes_back_the_jobs_of_a_dead_process_at_once(store: Job
     assert job is not None and job.state is JobState.QUEUED and "sender-111-pacs-0 died" in (job.last_error or "")
     running = store.get(b)
     assert running is not None and running.state is JobState.RUNNING  # another owner's job is left alone
+
+
+# -- jobs filed under their study (retention) ------------------------------------------------------------
+
+STUDY, OTHER = "1.2.826.0.1.3680043.99.7", "1.2.826.0.1.3680043.99.8"
+
+
+def _analyse(study: str) -> NewJob:
+    return NewJob("analyse", {"study": study, "series": None, "model": "m", "results_to": ["pacs"]})
+
+
+def _send(path: str, sop: str = UID) -> NewJob:
+    return NewJob("send:pacs", {"peer": "pacs", "path": path, "sop": sop, "sop_class": "1.2"})
+
+
+def test_every_job_is_filed_under_the_study_it_concerns(store: JobStore) -> None:
+    analysis, other = store.enqueue_many([_analyse(STUDY), _analyse(OTHER)])
+    forward, result, orphan, unknown = store.enqueue_many(
+        [
+            _send(f"spool/{STUDY}/1.2.3/{UID}.dcm"),  # a forwarded instance: the study is in its spool path
+            _send(f"outbox/analyse-{analysis}/1.2.3/seg.dcm", "1.9"),  # a result: its analysis's study
+            _send("outbox/analyse-999/x/seg.dcm", "1.8"),  # no such analysis
+            NewJob("other", {"study": STUDY}),  # a kind that concerns no study
+        ]
+    )
+    studies = {
+        job_id: job.study
+        for job_id in (analysis, other, forward, result, orphan, unknown)
+        if (job := store.get(job_id))
+    }
+    assert studies == {analysis: STUDY, other: OTHER, forward: STUDY, result: STUDY, orphan: None, unknown: None}
+    assert store.analyses_of_study(STUDY) == [analysis]
+
+
+@pytest.mark.parametrize("state", ["queued", "running", "retrying", "dead"])
+def test_a_study_with_a_job_not_done_has_unfinished_jobs(store: JobStore, clock: Clock, state: str) -> None:
+    (done,) = store.enqueue_many([_analyse(STUDY)])
+    assert store.claim("analyse", "w", 60) is not None
+    store.complete(done, "w")
+    assert store.unfinished_jobs_of_study(STUDY) == 0 and store.studies_with_unfinished_jobs() == set()
+    (job,) = store.enqueue_many([_send(f"spool/{STUDY}/1.2.3/{UID}.dcm")])
+    if state != "queued":
+        assert store.claim("send:pacs", "s", 60) is not None
+    if state == "retrying":
+        assert store.fail(job, "s", "peer down") is JobState.QUEUED  # waits for its backoff
+    elif state == "dead":
+        assert store.fail(job, "s", "refused", retry=False) is JobState.DEAD
+    assert store.unfinished_jobs_of_study(STUDY) == 1 and store.studies_with_unfinished_jobs() == {STUDY}
+    assert store.unfinished_jobs_of_study(OTHER) == 0
+    # forget_study deletes done jobs only; the unfinished one stays whatever the caller thought.
+    assert store.forget_study(STUDY) == 1
+    assert store.get(done) is None and store.get(job) is not None
+
+
+def test_forgotten_done_sends_may_be_queued_again(store: JobStore) -> None:
+    job = store.enqueue("send:pacs", {"path": f"spool/{STUDY}/1.2/{UID}.dcm"}, dedup_key="pacs|x", once=True)
+    assert store.claim("send:pacs", "s", 60) is not None
+    store.complete(job, "s")
+    assert store.enqueue("send:pacs", {"path": f"spool/{STUDY}/1.2/{UID}.dcm"}, dedup_key="pacs|x", once=True) == job
+    assert store.forget_study(STUDY) == 1
+    again = store.enqueue("send:pacs", {"path": f"spool/{STUDY}/1.2/{UID}.dcm"}, dedup_key="pacs|x", once=True)
+    assert again > job  # ids are never reused (AUTOINCREMENT)
+
+
+def test_a_version_1_store_is_upgraded_and_its_jobs_filed_under_their_studies(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    with sqlite3.connect(path) as conn:  # the schema as version 1 created it, with jobs of each kind
+        conn.execute(
+            "CREATE TABLE jobs (id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, payload TEXT NOT NULL,"
+            " dedup_key TEXT, priority INTEGER NOT NULL DEFAULT 0, state TEXT NOT NULL CHECK (state IN ('queued',"
+            " 'running', 'done', 'dead')), attempts INTEGER NOT NULL DEFAULT 0, not_before REAL NOT NULL,"
+            " lease_owner TEXT, lease_expires REAL, created REAL NOT NULL, updated REAL NOT NULL, last_error TEXT)"
+        )
+        rows = [
+            ("analyse", f'{{"model":"m","study":"{STUDY}"}}', "done"),
+            ("send:pacs", '{"path":"outbox/analyse-1/1.2/seg.dcm","peer":"pacs"}', "dead"),
+            ("send:pacs", f'{{"path":"spool/{OTHER}/1.2/{UID}.dcm","peer":"pacs"}}', "done"),
+            ("send:pacs", '{"peer":"pacs"}', "queued"),  # no path: concerns no study it can name
+        ]
+        conn.executemany(
+            "INSERT INTO jobs (kind, payload, state, not_before, created, updated) VALUES (?, ?, ?, 0, 0, 0)", rows
+        )
+        conn.execute("PRAGMA user_version = 1")
+    with JobStore(path) as store:
+        assert [job.study for job in sorted(store.list(limit=10), key=lambda j: j.id)] == [STUDY, STUDY, OTHER, None]
+        assert store.studies_with_unfinished_jobs() == {STUDY}  # the dead result send keeps its study
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    JobStore(path).close()  # reopening an upgraded store changes nothing

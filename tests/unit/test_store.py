@@ -232,7 +232,7 @@ def test_index_is_wal_with_full_sync_and_a_schema_version(tmp_path: Path) -> Non
     index.close()
     db = sqlite3.connect(tmp_path / "index.db")
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"  # persistent in the file
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 4
     db.close()
     Index(tmp_path / "index.db").close()  # reopening keeps the schema
 
@@ -366,6 +366,7 @@ def test_a_version_1_index_is_migrated(tmp_path: Path) -> None:
     record(index, "1.1", study="7.1")
     assert index.quiet_studies(100.0, 30, 600) == ["7.1"]
     assert index.journal_mode() == "wal"
+    assert index.deletions() == []  # schema 4: retention's markers
 
 
 def test_quiet_studies_survive_a_restart_without_stale_associations(tmp_path: Path) -> None:
@@ -443,3 +444,47 @@ def test_instances_after_feeds_new_rows_in_arrival_order(tmp_path: Path) -> None
     assert [i.sop_instance_uid for _, i in rows] == ["1.1", "1.2", "1.3"]
     assert [i.sop_instance_uid for _, i in index.instances_after(rows[0][0], limit=1)] == ["1.2"]
     assert index.instances_after(rows[-1][0]) == []
+
+
+def test_a_version_3_index_is_rebuilt_with_rowids_that_are_never_reused(tmp_path: Path) -> None:
+    path = tmp_path / "index.db"
+    db = sqlite3.connect(path)
+    db.executescript(  # schema 3 as it was, with two rows (rowids 5 and 9: gaps are kept)
+        "CREATE TABLE instances (sop_instance_uid TEXT PRIMARY KEY, study_instance_uid TEXT NOT NULL,"
+        " series_instance_uid TEXT NOT NULL, sop_class_uid TEXT NOT NULL, transfer_syntax_uid TEXT NOT NULL,"
+        " path TEXT NOT NULL, size INTEGER NOT NULL, calling_ae TEXT NOT NULL, received_at REAL NOT NULL,"
+        " association_id TEXT NOT NULL, called_ae TEXT NOT NULL DEFAULT '', source_address TEXT NOT NULL DEFAULT '');"
+        "CREATE INDEX instances_by_series ON instances (study_instance_uid, series_instance_uid);"
+        "CREATE TABLE studies (study_instance_uid TEXT PRIMARY KEY, first_received_at REAL NOT NULL,"
+        " last_received_at REAL NOT NULL, last_activity_at REAL NOT NULL, duplicates INTEGER NOT NULL DEFAULT 0,"
+        " completed_at REAL, watch_from REAL, quiet_seconds REAL);"
+        "INSERT INTO instances (rowid, sop_instance_uid, study_instance_uid, series_instance_uid, sop_class_uid,"
+        " transfer_syntax_uid, path, size, calling_ae, received_at, association_id, called_ae, source_address)"
+        " VALUES (5, '1.1', '7.1', '8.1', '1.2', '1.2.1', '7.1/8.1/1.1.dcm', 10, 'A', 0, 'a', 'N', '::1');"
+        "INSERT INTO studies VALUES ('7.1', 0, 0, 0, 0, 1, NULL, NULL);"
+        "PRAGMA user_version = 3;"
+    )
+    db.execute(
+        "INSERT INTO instances (rowid, sop_instance_uid, study_instance_uid, series_instance_uid, sop_class_uid,"
+        " transfer_syntax_uid, path, size, calling_ae, received_at, association_id) VALUES"
+        " (9, '1.2', '7.2', '8.2', '1.2', '1.2.1', '7.2/8.2/1.2.dcm', 10, 'A', 0, 'a')"
+    )
+    db.commit()
+    db.close()
+    index = Index(path, clock=Clock(100.0))
+    assert [(rowid, row.sop_instance_uid, row.called_ae) for rowid, row in index.instances_after(0)] == [
+        (5, "1.1", "N"),
+        (9, "1.2", ""),
+    ]
+    assert record(index, "1.1", study="7.1").duplicate  # still unique per SOP Instance UID
+    # The newest row deleted (retention), a new one never takes its rowid: the router's cursor stays right.
+    record(index, "1.3", study="7.3")
+    (newest,) = [rowid for rowid, row in index.instances_after(9) if row.sop_instance_uid == "1.3"]
+    assert index.begin_deletion("7.3", reason="age", now=200.0, quiet_seconds=0) is None  # not complete
+    index.mark_complete("7.3", 150.0)
+    assert index.begin_deletion("7.3", reason="age", now=200.0, quiet_seconds=0) is not None
+    assert index.end_deletion("7.3") == 1
+    record(index, "1.4", study="7.4")
+    (rowid,) = [rowid for rowid, _ in index.instances_after(9)]
+    assert rowid > newest  # (a duplicate's ignored insert may use a number too: higher, never reused)
+    index.close()
