@@ -27,6 +27,7 @@ from typing import Any
 
 from node.jobs.backoff import delay
 from node.jobs.kinds import ANALYSE, study_of
+from node.jobs.queries import JobQueries
 from node.jobs.types import (
     COLUMNS,
     SCHEMA,
@@ -47,7 +48,7 @@ log = logging.getLogger(__name__)
 _ERROR_MAX_CHARS = 4000  # last_error is for people and the web page, not a log archive
 
 
-class JobStore:
+class JobStore(JobQueries):
     """Jobs in one SQLite file, claimed with leases, retried with backoff, parked when dead.
 
     Open one store per process (a connection must not cross ``fork``); within a process the store may be
@@ -447,58 +448,6 @@ class JobStore:
             self._move(conn, job, JobState.QUEUED, now, attempts=0, not_before=now)
         log.info("job %d %s -> queued (retried on request)", job_id, job.kind)
 
-    def get(self, job_id: int) -> Job | None:
-        """The job with this id, or ``None``."""
-        with self._read() as conn:
-            row = conn.execute(f"SELECT {COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return None if row is None else job_from_row(row)
-
-    def list(
-        self, state: JobState | str | None = None, kind: str | None = None, limit: int = 100
-    ) -> builtins.list[Job]:
-        """Jobs, newest first, optionally only of one state and/or kind, at most ``limit``."""
-        value = None if state is None else JobState(state).value
-        with self._read() as conn:
-            rows = conn.execute(
-                f"SELECT {COLUMNS} FROM jobs WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR kind = ?2)"
-                " ORDER BY id DESC LIMIT ?3",
-                (value, kind, limit),
-            )
-            return [job_from_row(row) for row in rows]
-
-    def search(self, text: str, limit: int = 10_000) -> builtins.list[Job]:
-        """Jobs whose JSON payload contains ``text`` (e.g. ``'"study":"1.2.3"'``), oldest first.
-
-        Payloads are stored with sorted keys and no spaces (``{"path":"spool/1.2/...","peer":"pacs"}``),
-        so a key and its value can be searched as one string.
-        """
-        pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        with self._read() as conn:
-            rows = conn.execute(
-                f"SELECT {COLUMNS} FROM jobs WHERE payload LIKE ? ESCAPE '\\' ORDER BY id LIMIT ?", (pattern, limit)
-            )
-            return [job_from_row(row) for row in rows]
-
-    # -- per study (retention: node.store.retention.StudyJobs) ---------------------------------------
-
-    def studies_with_unfinished_jobs(self) -> set[str]:
-        """Studies that have a job in any state but done (queued, running, waiting for a retry, dead)."""
-        with self._read() as conn:
-            rows = conn.execute("SELECT DISTINCT study FROM jobs WHERE study IS NOT NULL AND state != 'done'")
-            return {str(row[0]) for row in rows}
-
-    def unfinished_jobs_of_study(self, study: str) -> int:
-        """How many of the study's jobs are not done (a dead one counts: a person may retry it)."""
-        with self._read() as conn:
-            row = conn.execute("SELECT COUNT(*) FROM jobs WHERE study = ? AND state != 'done'", (study,)).fetchone()
-        return int(row[0])
-
-    def analyses_of_study(self, study: str) -> builtins.list[int]:
-        """Ids of the study's ``analyse`` jobs (each has its results folder in the outbox)."""
-        with self._read() as conn:
-            rows = conn.execute("SELECT id FROM jobs WHERE study = ? AND kind = ? ORDER BY id", (study, ANALYSE))
-            return [int(row[0]) for row in rows]
-
     def forget_study(self, study: str) -> int:
         """Delete the study's done jobs (retention deleted the study); return how many.
 
@@ -510,9 +459,3 @@ class JobStore:
             removed = conn.execute("DELETE FROM jobs WHERE study = ? AND state = 'done'", (study,)).rowcount
         log.debug("%d done jobs of study %s deleted", removed, study)
         return int(removed)
-
-    def counts(self) -> dict[tuple[str, JobState], int]:
-        """Number of jobs per (kind, state), for status pages and metrics; absent pairs are zero."""
-        with self._read() as conn:
-            rows = conn.execute("SELECT kind, state, COUNT(*) FROM jobs GROUP BY kind, state").fetchall()
-        return {(kind, JobState(state)): count for kind, state, count in rows}
