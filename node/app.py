@@ -301,6 +301,11 @@ def run_worker(config: NodeConfig, parent: int | None = None) -> None:
     stop_on_signals(stop)
     watch_parent(stop, parent)
     models = load_models(config)
+    if models:
+        from node.worker.warm import tune_process, warm_up
+
+        log.info("worker warmed up in %.1f s", warm_up(models.values()))
+        tune_process()
     jobs = analysis_job_store(config)
     index = Index(config.node.index_path)
     try:

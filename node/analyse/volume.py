@@ -16,6 +16,7 @@ of each of its slices.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from pydicom.pixels.processing import apply_modality_lut
 from pydicom.pixels.utils import pixel_array
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from node.analyse.buffer import VoxelBuffer
 from node.analyse.geometry import Slice, arrange
 from node.analyse.types import Volume
 from node.errors import InputError, SeriesError, UnreadableFileError
@@ -100,7 +102,9 @@ def group_by_series(paths: Iterable[Path]) -> dict[str, list[Path]]:
     return scan_series(paths).series
 
 
-def load_series(source: Path | Sequence[Path], series_instance_uid: str | None = None) -> Volume:
+def load_series(
+    source: Path | Sequence[Path], series_instance_uid: str | None = None, *, buffer: VoxelBuffer | None = None
+) -> Volume:
     """Read one series into a :class:`~node.analyse.types.Volume`.
 
     Parameters
@@ -110,6 +114,9 @@ def load_series(source: Path | Sequence[Path], series_instance_uid: str | None =
         or a list of files (every one must be readable DICOM).
     series_instance_uid
         The series to load; needed only when ``source`` holds several.
+    buffer
+        Where the voxels go (a worker's reused block, see :mod:`node.analyse.buffer`); the volume is then
+        valid only until the next load into the same buffer. Default: memory of its own.
 
     Raises
     ------
@@ -145,7 +152,7 @@ def load_series(source: Path | Sequence[Path], series_instance_uid: str | None =
         except Exception as exc:  # pydicom parses values lazily: a damaged one raises any type on access
             raise UnreadableFileError(f"{path}: malformed image attribute ({_brief(exc)})") from exc
     slices, slice_spacing = arrange(slices, uid)
-    voxels, headers = _read_pixels(slices, scan.headers)
+    voxels, headers = _read_pixels(slices, scan.headers, buffer)
     first = headers[0]
     if slices[0].assumed:
         logger.warning("%s: %s", slices[0].name, slices[0].assumed)
@@ -297,14 +304,17 @@ def _slices_of(path: Path, ds: Dataset) -> list[Slice]:
     return slices
 
 
-def _read_pixels(slices: list[Slice], parsed: dict[Path, Dataset]) -> tuple[NDArray[np.float32], list[Dataset]]:
+def _read_pixels(
+    slices: list[Slice], parsed: dict[Path, Dataset], buffer: VoxelBuffer | None
+) -> tuple[NDArray[np.float32], list[Dataset]]:
     """Decode every slice into a preallocated float32 volume, one file at a time.
 
     ``parsed`` holds each file's dataset from the header scan; its deferred Pixel Data is read here.
     (Threads were measured slower: pydicom's pixel path holds the GIL for most of its time.)
     """
     rows, cols = slices[0].size
-    voxels = np.empty((len(slices), rows, cols), dtype=np.float32)
+    shape = (len(slices), rows, cols)
+    voxels = np.empty(shape, dtype=np.float32) if buffer is None else buffer.take(shape)
     by_file: dict[Path, list[int]] = {}
     for k, s in enumerate(slices):
         by_file.setdefault(s.path, []).append(k)
@@ -320,12 +330,13 @@ def _decode_file(path: Path, ds: Dataset, targets: list[tuple[int, Slice]], voxe
     present = [kw for kw in _PIXEL_KEYWORDS if kw in ds]
     if not present:
         raise SeriesError(f"{path}: image without pixel data ({_sop_name(ds)}); resend the file")
+    lut = "ModalityLUTSequence" in ds
     for k, s in targets:
         try:
             arr = pixel_array(ds, index=s.frame)
             if arr.shape != (rows, cols):
                 raise ValueError(f"decoded shape {arr.shape}, expected ({rows}, {cols})")
-            if "ModalityLUTSequence" in ds:  # a lookup table replaces Rescale Slope/Intercept
+            if lut:  # a lookup table replaces Rescale Slope/Intercept
                 voxels[k] = apply_modality_lut(arr, ds)
             else:
                 with np.errstate(over="ignore", invalid="ignore"):  # non-finite results are refused below
@@ -337,13 +348,24 @@ def _decode_file(path: Path, ds: Dataset, targets: list[tuple[int, Slice]], voxe
                 f"{path}: pixel data cannot be decoded ({ts.name}: {_brief(exc)}); "
                 "the file may be truncated, or convert it to an uncompressed transfer syntax"
             ) from exc
-        if not np.isfinite(voxels[k]).all():  # a slope or intercept of nan/inf, or one so large it overflows
+        # A slope or intercept of nan/inf, or one so large that the result overflows float32. Integer
+        # pixels with a finite rescale small enough cannot give one: the scan of the slice is skipped.
+        if (lut or not _finite_by_range(arr, s)) and not np.isfinite(voxels[k]).all():
             raise UnreadableFileError(
                 f"{path}: pixel values are not finite numbers after the rescale (Rescale Slope {s.slope:g}, "
                 f"Intercept {s.intercept:g}, or the Modality LUT); correct the file's rescale"
             )
     for kw in present:
         del ds[kw]
+
+
+def _finite_by_range(arr: NDArray[Any], s: Slice) -> bool:
+    """Whether ``arr * slope + intercept`` is finite in float32 for every value ``arr``'s type can hold."""
+    if arr.dtype.kind not in "iu":
+        return False
+    info = np.iinfo(arr.dtype)
+    bound = abs(s.slope) * max(abs(int(info.min)), int(info.max)) + abs(s.intercept)
+    return math.isfinite(bound) and bound < float(np.finfo(np.float32).max)
 
 
 def _ensure_transfer_syntax(ds: Dataset) -> None:

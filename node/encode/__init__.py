@@ -23,6 +23,7 @@ from pydicom.dataset import Dataset
 
 from node.analyse.card import ModelCard
 from node.analyse.types import AnalysisResult
+from node.encode import iod_lookup
 from node.encode.provenance import Equipment, device_uid
 from node.encode.sc import build_sc
 from node.encode.seg import build_seg, segment_numbers
@@ -40,6 +41,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+iod_lookup.install()
 
 
 def encode_results(

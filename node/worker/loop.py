@@ -22,6 +22,7 @@ import threading
 from collections.abc import Callable, Mapping
 
 from node import logs
+from node.analyse.buffer import VoxelBuffer
 from node.analyse.runtime import Model
 from node.audit import AuditTrail
 from node.config import NodeConfig
@@ -74,6 +75,8 @@ class Worker:
         self.poll_s = poll_s
         self.owner = f"worker-{socket.gethostname()}-{os.getpid()}"
         self._lost = threading.Event()
+        # One block for the volumes of every job: fresh memory of that size costs page faults each time.
+        self.voxels = VoxelBuffer()
 
     def run(self) -> None:
         """Claim and run jobs until stopped."""
@@ -138,6 +141,7 @@ class Worker:
             folder,
             self._check,
             series_uid=str(series) if series else None,
+            buffer=self.voxels,
         )
         # Jobs queued by the router name their destinations; older jobs use [analysis] send_results_to.
         peers = [str(p) for p in job.payload.get("results_to", self.config.analysis.send_results_to)]

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from pydicom import dcmread
 
+from node.analyse.buffer import VoxelBuffer
 from node.analyse.pipeline import analyse, refusal
 from node.analyse.runtime import Model, Progress
 from node.analyse.volume import load_series
@@ -103,9 +104,13 @@ def analyse_study(
     say: Callable[[str], None] = log.info,
     *,
     series_uid: str | None = None,
+    buffer: VoxelBuffer | None = None,
 ) -> Manifest:
     """Analyse every series of the study that the model accepts (or only ``series_uid``); return the
     (possibly reused) manifest.
+
+    ``buffer``, when given, receives each series' voxels in turn (see :mod:`node.analyse.buffer`): a
+    series' volume is not used after its results are written.
 
     Raises
     ------
@@ -131,7 +136,7 @@ def analyse_study(
         reason = _header_refusal(paths[0], len(paths), model)
         if reason is None:
             try:
-                volume = load_series(paths, series_uid)
+                volume = load_series(paths, series_uid, buffer=buffer)
             except InputError as exc:
                 failures.append(f"{where}: {exc}")
                 outcome[series_uid] = f"failed: {exc}"

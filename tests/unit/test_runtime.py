@@ -89,6 +89,10 @@ def test_context_stack_interpolates_neighbours_and_clamps_at_the_ends() -> None:
     assert np.allclose(stack[:, 0, 0], [0.0, 0.5, 2.0, 3.5, 4.0])
     stack = context_stack(slices, 0, 1.0, spec)
     assert np.allclose(stack[:, 0, 0], [0.0, 0.0, 0.0, 1.5, 3.0])
+    # Into a slot of a batch buffer, as the runtime calls it: the same values land in the buffer.
+    buffer = np.full((3, 5, 2, 2), -1.0, np.float32)
+    context_stack(slices, 2, 1.0, spec, out=buffer[1])
+    assert np.allclose(buffer[1, :, 1, 1], [0.0, 0.5, 2.0, 3.5, 4.0]) and (buffer[[0, 2]] == -1).all()
 
 
 def test_label_threshold_sets_the_operating_point(tmp_path: Path) -> None:
