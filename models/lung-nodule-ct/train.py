@@ -1,11 +1,11 @@
 """Train the lung-nodule-ct model on synthetic phantoms and export it to ONNX.
 
     .venv/bin/pip install -e '.[train]'      # torch 2.13.0, CPU build; never needed to run the node
-    .venv/bin/python models/lung-nodule-ct/train.py [--steps 2400] [--seed 0]
+    .venv/bin/python models/lung-nodule-ct/train.py [--steps 3000] [--anatomies 100] [--seed 0]
 
 Seeded and CPU-only: a fixed number of steps (not a time budget) so that a seed gives the same model;
-the default takes about 15 minutes on 2 idle cores (4 to render, 11 to train). Training phantoms use
-seeds 0..(anatomies-1); post-processing thresholds in the card were chosen on seeds 50000..50009;
+the default takes about 25 minutes on 2 idle cores (8 to render, 17 to train). Training phantoms use
+seeds 0..(anatomies-1); post-processing thresholds in the card were chosen on seeds 50000..50079;
 `pacs-node models evaluate` draws held-out series from seeds >= 100000, which neither step sees.
 Inputs and targets go through node.analyse.preprocess, the same code the node runs, so the network sees
 at inference exactly what it learned on. Writes model.onnx beside this file and records its sha256 and
@@ -154,8 +154,8 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=2400, help="optimiser steps of 12 crops of 128x128")
-    parser.add_argument("--anatomies", type=int, default=60, help="training phantoms (seeds 0..N-1)")
+    parser.add_argument("--steps", type=int, default=3000, help="optimiser steps of 12 crops of 128x128")
+    parser.add_argument("--anatomies", type=int, default=100, help="training phantoms (seeds 0..N-1)")
     parser.add_argument("--slices-per", type=int, default=16, help="random slices per phantom, plus nodules")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--base", type=int, default=12, help="U-Net channels at full resolution")
