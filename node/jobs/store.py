@@ -28,14 +28,14 @@ from typing import Any
 from node.jobs.backoff import delay
 from node.jobs.kinds import ANALYSE, study_of
 from node.jobs.queries import JobQueries
+from node.jobs.recovery import JobRecovery
+from node.jobs.transitions import fetch, live_duplicate, move
 from node.jobs.types import (
     COLUMNS,
     SCHEMA,
     SCHEMA_VERSION,
     Job,
-    JobNotFoundError,
     JobState,
-    JobStateError,
     JobStoreError,
     LeaseLostError,
     NewJob,
@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 _ERROR_MAX_CHARS = 4000  # last_error is for people and the web page, not a log archive
 
 
-class JobStore(JobQueries):
+class JobStore(JobQueries, JobRecovery):
     """Jobs in one SQLite file, claimed with leases, retried with backoff, parked when dead.
 
     Open one store per process (a connection must not cross ``fork``); within a process the store may be
@@ -192,35 +192,12 @@ class JobStore(JobQueries):
         if os.getpid() != self._pid:
             raise JobStoreError(f"job store {self.path}: opened in process {self._pid}; open one per process")
 
-    @staticmethod
-    def _fetch(conn: sqlite3.Connection, job_id: int) -> Job:
-        row = conn.execute(f"SELECT {COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        if row is None:
-            raise JobNotFoundError(f"no job with id {job_id}")
-        return job_from_row(row)
-
     def _owned(self, conn: sqlite3.Connection, job_id: int, owner: str, action: str) -> Job:
-        job = self._fetch(conn, job_id)
+        job = fetch(conn, job_id)
         if job.state is not JobState.RUNNING or job.lease_owner != owner:
             holder = f"state {job.state}, holder {job.lease_owner!r}"
             raise LeaseLostError(f"cannot {action} job {job_id}: {owner!r} does not hold its lease ({holder})")
         return job
-
-    @staticmethod
-    def _move(conn: sqlite3.Connection, job: Job, state: JobState, now: float, **columns: object) -> None:
-        """Set ``job``'s new state, clear its lease and set ``columns`` (names from this module only)."""
-        sets = "".join(f", {name} = ?" for name in columns)
-        conn.execute(
-            f"UPDATE jobs SET state = ?, lease_owner = NULL, lease_expires = NULL, updated = ?{sets} WHERE id = ?",
-            (state.value, now, *columns.values(), job.id),
-        )
-
-    @staticmethod
-    def _live_duplicate(conn: sqlite3.Connection, kind: str, dedup_key: str) -> int | None:
-        row = conn.execute(
-            "SELECT id FROM jobs WHERE kind = ? AND dedup_key = ? AND state IN ('queued', 'running')", (kind, dedup_key)
-        ).fetchone()
-        return None if row is None else int(row[0])
 
     def enqueue(
         self,
@@ -277,7 +254,7 @@ class JobStore(JobQueries):
         """The job that already does ``job``'s work (live, or done with ``once``); a live one's priority rises."""
         if job.dedup_key is None:
             return None
-        existing = self._live_duplicate(conn, job.kind, job.dedup_key)
+        existing = live_duplicate(conn, job.kind, job.dedup_key)
         if existing is not None:
             conn.execute(
                 "UPDATE jobs SET priority = ? WHERE id = ? AND state = 'queued' AND priority < ?",
@@ -341,7 +318,7 @@ class JobStore(JobQueries):
         now = self._clock()
         with self._write() as conn:
             job = self._owned(conn, job_id, owner, "complete")
-            self._move(conn, job, JobState.DONE, now)
+            move(conn, job, JobState.DONE, now)
         log.info("job %d %s -> done (attempt %d)", job_id, job.kind, job.attempts)
 
     def fail(self, job_id: int, owner: str, error: str, *, retry: bool = True) -> JobState:
@@ -367,7 +344,7 @@ class JobStore(JobQueries):
             wait = 0.0
             if state is JobState.QUEUED:
                 wait = delay(job.attempts, self.backoff_initial, self.backoff_max, self.jitter_fraction, self._rng)
-            self._move(conn, job, state, now, not_before=now + wait, last_error=error)
+            move(conn, job, state, now, not_before=now + wait, last_error=error)
         # The error text may quote UIDs or other data: DEBUG only; it is in the row for people to read.
         log.debug("job %d %s failed: %s", job_id, job.kind, error)
         if state is JobState.QUEUED:
@@ -382,80 +359,5 @@ class JobStore(JobQueries):
         now = self._clock()
         with self._write() as conn:
             job = self._owned(conn, job_id, owner, "release")
-            self._move(conn, job, JobState.QUEUED, now, attempts=job.attempts - 1)
+            move(conn, job, JobState.QUEUED, now, attempts=job.attempts - 1)
         log.info("job %d %s -> queued (released, attempt %d given back)", job_id, job.kind, job.attempts)
-
-    def requeue_expired(self) -> int:
-        """Take back running jobs whose lease has expired (their worker died or hung).
-
-        Call at start-up and periodically. A job goes back to the queue, claimable at once; a job that has
-        used all its attempts is parked as dead, so a job that kills every worker that runs it stops.
-        Returns how many expired jobs were taken back (queued or dead).
-        """
-        now = self._clock()
-        changed: builtins.list[tuple[Job, JobState]] = []
-        with self._write() as conn:
-            rows = conn.execute(
-                f"SELECT {COLUMNS} FROM jobs WHERE state = 'running' AND lease_expires <= ? ORDER BY id", (now,)
-            ).fetchall()
-            for job in map(job_from_row, rows):
-                state = JobState.QUEUED if job.attempts < self.max_attempts else JobState.DEAD
-                self._move(
-                    conn, job, state, now, last_error=f"lease of {job.lease_owner} expired (worker died or hung)"
-                )
-                changed.append((job, state))
-        for job, state in changed:
-            level = logging.INFO if state is JobState.QUEUED else logging.WARNING
-            log.log(level, "job %d %s -> %s (lease expired, attempt %d)", job.id, job.kind, state, job.attempts)
-        return len(changed)
-
-    def requeue_owners(self, gone: Callable[[str], bool], max_attempts: Callable[[str], int] | None = None) -> int:
-        """Take back the running jobs of owners for which ``gone(owner)`` is true (their process died),
-        without waiting for their leases to expire; the attempt counts, as for an expired lease.
-
-        ``max_attempts(kind)`` gives the attempts after which such a job is parked as dead, for kinds whose
-        processes use other settings than this store (sends); this store's ``max_attempts`` otherwise.
-        """
-        now = self._clock()
-        changed: builtins.list[tuple[Job, JobState]] = []
-        with self._write() as conn:
-            rows = conn.execute(f"SELECT {COLUMNS} FROM jobs WHERE state = 'running' ORDER BY id").fetchall()
-            for job in map(job_from_row, rows):
-                if job.lease_owner is None or not gone(job.lease_owner):
-                    continue
-                cap = self.max_attempts if max_attempts is None else max_attempts(job.kind)
-                state = JobState.QUEUED if job.attempts < cap else JobState.DEAD
-                self._move(conn, job, state, now, last_error=f"{job.lease_owner} died while running it")
-                changed.append((job, state))
-        for job, state in changed:
-            log.info("job %d %s -> %s (its owner died, attempt %d)", job.id, job.kind, state, job.attempts)
-        return len(changed)
-
-    def retry(self, job_id: int) -> None:
-        """Put a dead job back in the queue with its attempts reset (a person asked for it).
-
-        Raises :class:`JobStateError` if the job is not dead, or if a live job with the same dedup key
-        already does its work.
-        """
-        now = self._clock()
-        with self._write() as conn:
-            job = self._fetch(conn, job_id)
-            if job.state is not JobState.DEAD:
-                raise JobStateError(f"job {job_id} is {job.state}, only a dead job can be retried")
-            other = None if job.dedup_key is None else self._live_duplicate(conn, job.kind, job.dedup_key)
-            if other is not None:
-                raise JobStateError(f"job {job_id} is not retried: job {other} already does the same work")
-            self._move(conn, job, JobState.QUEUED, now, attempts=0, not_before=now)
-        log.info("job %d %s -> queued (retried on request)", job_id, job.kind)
-
-    def forget_study(self, study: str) -> int:
-        """Delete the study's done jobs (retention deleted the study); return how many.
-
-        Jobs in any other state are kept: retention deletes only studies that have none, and this is
-        not the place to decide otherwise. Their dedup keys go too, so the same study received again is
-        forwarded and analysed again.
-        """
-        with self._write() as conn:
-            removed = conn.execute("DELETE FROM jobs WHERE study = ? AND state = 'done'", (study,)).rowcount
-        log.debug("%d done jobs of study %s deleted", removed, study)
-        return int(removed)
