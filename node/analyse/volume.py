@@ -4,9 +4,9 @@ form one regular grid and apply the rescale to physical units.
 Tolerant about encoding, strict about geometry: any transfer syntax pydicom decodes (with pylibjpeg
 and its plugins installed) is accepted, but a stack that is not one regular grid is refused with a
 ``SeriesError`` naming the series, the files that disagree and what to do (the grid checks live in
-:mod:`node.analyse.geometry`). Every problem with the input surfaces as a ``NodeError`` subclass;
-messages carry file names and UIDs, never patient name, ID or birth date (this module never reads
-those attributes).
+:mod:`node.analyse.geometry`, pixel decoding in :mod:`node.analyse.pixels`). Every problem with the
+input surfaces as a ``NodeError`` subclass; messages carry file names and UIDs, never patient name, ID
+or birth date (this module never reads those attributes).
 
 A multi-frame object becomes several slices when it says where each frame is (per-frame Plane
 Position in Enhanced objects, or Grid Frame Offset Vector in RT Dose); its dataset is then the header
@@ -16,7 +16,6 @@ of each of its slices.
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -24,16 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels.processing import apply_modality_lut
-from pydicom.pixels.utils import pixel_array
-from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from node.analyse.buffer import VoxelBuffer
 from node.analyse.geometry import Slice, arrange
+from node.analyse.pixels import brief, read_pixels, sop_name, text
 from node.analyse.types import Volume
 from node.errors import InputError, SeriesError, UnreadableFileError
 
@@ -42,7 +39,6 @@ __all__ = ["SeriesScan", "group_by_series", "load_series", "scan_series"]
 logger = logging.getLogger(__name__)
 
 _DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
-_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 # Values larger than this stay in the file until read: the header scan then costs no pixel I/O and
 # the pixel pass reuses the parsed header instead of parsing each file a second time.
@@ -71,7 +67,7 @@ class SeriesScan:
     def describe(self, uid: str) -> str:
         """One line for people choosing a series: UID, modality, description, number of files."""
         first = self.headers[self.series[uid][0]]
-        modality, description = _text(first, "Modality") or "?", _text(first, "SeriesDescription")
+        modality, description = text(first, "Modality") or "?", text(first, "SeriesDescription")
         return f"{uid} ({modality}, '{description}', {len(self.series[uid])} files)"
 
 
@@ -87,7 +83,7 @@ def scan_series(paths: Iterable[Path]) -> SeriesScan:
             skipped[path] = str(exc)
             logger.warning("skipped: %s", exc)
             continue
-        uid = _text(ds, "SeriesInstanceUID")
+        uid = text(ds, "SeriesInstanceUID")
         if not uid:
             skipped[path] = f"{path}: no Series Instance UID"
             logger.warning("skipped: %s", skipped[path])
@@ -150,9 +146,9 @@ def load_series(
         except InputError:
             raise
         except Exception as exc:  # pydicom parses values lazily: a damaged one raises any type on access
-            raise UnreadableFileError(f"{path}: malformed image attribute ({_brief(exc)})") from exc
+            raise UnreadableFileError(f"{path}: malformed image attribute ({brief(exc)})") from exc
     slices, slice_spacing = arrange(slices, uid)
-    voxels, headers = _read_pixels(slices, scan.headers, buffer)
+    voxels, headers = read_pixels(slices, scan.headers, buffer)
     first = headers[0]
     if slices[0].assumed:
         logger.warning("%s: %s", slices[0].name, slices[0].assumed)
@@ -162,11 +158,11 @@ def load_series(
         orientation=slices[0].orientation,
         positions=np.array([s.position for s in slices], dtype=np.float64),
         headers=tuple(headers),
-        study_instance_uid=_text(first, "StudyInstanceUID"),
+        study_instance_uid=text(first, "StudyInstanceUID"),
         series_instance_uid=uid,
-        frame_of_reference_uid=_text(first, "FrameOfReferenceUID"),
-        modality=_text(first, "Modality"),
-        body_part=_text(first, "BodyPartExamined"),
+        frame_of_reference_uid=text(first, "FrameOfReferenceUID"),
+        modality=text(first, "Modality"),
+        body_part=text(first, "BodyPartExamined"),
         slice_thickness=slices[0].thickness,
         source=os.fspath(source) if isinstance(source, Path) else os.fspath(paths[0]),
     )
@@ -207,7 +203,7 @@ def _read(path: Path) -> Dataset:
     except OSError as exc:
         raise UnreadableFileError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
     except Exception as exc:  # pydicom raises many types on damaged files: bad input, not a bug here
-        raise UnreadableFileError(f"{path}: damaged DICOM file ({_brief(exc)})") from exc
+        raise UnreadableFileError(f"{path}: damaged DICOM file ({brief(exc)})") from exc
     if dicomdir or "DirectoryRecordSequence" in ds:
         raise UnreadableFileError(f"{path}: a DICOMDIR (media index), not an image; load the files it lists")
     return ds
@@ -222,7 +218,7 @@ def _starts_like_dataset(path: Path) -> bool:
 def _check_frame_of_reference(scan: SeriesScan, paths: list[Path], uid: str) -> None:
     by_frame: dict[str, Path] = {}
     for path in paths:
-        by_frame.setdefault(_text(scan.headers[path], "FrameOfReferenceUID") or "(none)", path)
+        by_frame.setdefault(text(scan.headers[path], "FrameOfReferenceUID") or "(none)", path)
     if len(by_frame) > 1:
         (fa, pa), (fb, pb) = list(by_frame.items())[:2]
         raise SeriesError(
@@ -233,11 +229,11 @@ def _check_frame_of_reference(scan: SeriesScan, paths: list[Path], uid: str) -> 
 
 def _slices_of(path: Path, ds: Dataset) -> list[Slice]:
     """The slices one file contributes, with their geometry, before any pixel is decoded."""
-    kind = _sop_name(ds)
+    kind = sop_name(ds)
     if "Rows" not in ds or "Columns" not in ds:
         raise SeriesError(f"{path}: a {kind} object, not an image (no Rows/Columns); choose an image series")
     samples = int(ds.get("SamplesPerPixel", 1))
-    photometric = _text(ds, "PhotometricInterpretation") or "MONOCHROME2"
+    photometric = text(ds, "PhotometricInterpretation") or "MONOCHROME2"
     if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise SeriesError(
             f"{path}: colour image ({photometric}, {samples} samples per pixel); "
@@ -294,7 +290,7 @@ def _slices_of(path: Path, ds: Dataset) -> list[Slice]:
                 size=(int(ds.Rows), int(ds.Columns)),
                 slope=1.0 if slope is None else float(slope),
                 intercept=0.0 if intercept is None else float(intercept),
-                acquisition=_text(ds, "AcquisitionNumber"),
+                acquisition=text(ds, "AcquisitionNumber"),
                 localizer="LOCALIZER" in image_type,
                 thickness=_positive(_attr(ds, groups, "PixelMeasuresSequence", "SliceThickness")),
                 between=_positive(_attr(ds, groups, "PixelMeasuresSequence", "SpacingBetweenSlices")),
@@ -302,70 +298,6 @@ def _slices_of(path: Path, ds: Dataset) -> list[Slice]:
             )
         )
     return slices
-
-
-def _read_pixels(
-    slices: list[Slice], parsed: dict[Path, Dataset], buffer: VoxelBuffer | None
-) -> tuple[NDArray[np.float32], list[Dataset]]:
-    """Decode every slice into a preallocated float32 volume, one file at a time.
-
-    ``parsed`` holds each file's dataset from the header scan; its deferred Pixel Data is read here.
-    (Threads were measured slower: pydicom's pixel path holds the GIL for most of its time.)
-    """
-    rows, cols = slices[0].size
-    shape = (len(slices), rows, cols)
-    voxels = np.empty(shape, dtype=np.float32) if buffer is None else buffer.take(shape)
-    by_file: dict[Path, list[int]] = {}
-    for k, s in enumerate(slices):
-        by_file.setdefault(s.path, []).append(k)
-
-    for path, indices in by_file.items():
-        _decode_file(path, parsed[path], [(k, slices[k]) for k in indices], voxels)
-    return voxels, [parsed[s.path] for s in slices]
-
-
-def _decode_file(path: Path, ds: Dataset, targets: list[tuple[int, Slice]], voxels: NDArray[np.float32]) -> None:
-    """Decode the frames of one file into ``voxels[k]`` in physical units, then drop its Pixel Data."""
-    rows, cols = voxels.shape[1:]
-    present = [kw for kw in _PIXEL_KEYWORDS if kw in ds]
-    if not present:
-        raise SeriesError(f"{path}: image without pixel data ({_sop_name(ds)}); resend the file")
-    lut = "ModalityLUTSequence" in ds
-    for k, s in targets:
-        try:
-            arr = pixel_array(ds, index=s.frame)
-            if arr.shape != (rows, cols):
-                raise ValueError(f"decoded shape {arr.shape}, expected ({rows}, {cols})")
-            if lut:  # a lookup table replaces Rescale Slope/Intercept
-                voxels[k] = apply_modality_lut(arr, ds)
-            else:
-                with np.errstate(over="ignore", invalid="ignore"):  # non-finite results are refused below
-                    np.multiply(arr, s.slope, out=voxels[k], casting="unsafe")
-                    voxels[k] += np.float32(s.intercept)
-        except Exception as exc:  # codec plugins raise any type (RuntimeError, ValueError, ...)
-            ts = UID(_text(ds.file_meta, "TransferSyntaxUID"))
-            raise UnreadableFileError(
-                f"{path}: pixel data cannot be decoded ({ts.name}: {_brief(exc)}); "
-                "the file may be truncated, or convert it to an uncompressed transfer syntax"
-            ) from exc
-        # A slope or intercept of nan/inf, or one so large that the result overflows float32. Integer
-        # pixels with a finite rescale small enough cannot give one: the scan of the slice is skipped.
-        if (lut or not _finite_by_range(arr, s)) and not np.isfinite(voxels[k]).all():
-            raise UnreadableFileError(
-                f"{path}: pixel values are not finite numbers after the rescale (Rescale Slope {s.slope:g}, "
-                f"Intercept {s.intercept:g}, or the Modality LUT); correct the file's rescale"
-            )
-    for kw in present:
-        del ds[kw]
-
-
-def _finite_by_range(arr: NDArray[Any], s: Slice) -> bool:
-    """Whether ``arr * slope + intercept`` is finite in float32 for every value ``arr``'s type can hold."""
-    if arr.dtype.kind not in "iu":
-        return False
-    info = np.iinfo(arr.dtype)
-    bound = abs(s.slope) * max(abs(int(info.min)), int(info.max)) + abs(s.intercept)
-    return math.isfinite(bound) and bound < float(np.finfo(np.float32).max)
 
 
 def _ensure_transfer_syntax(ds: Dataset) -> None:
@@ -407,20 +339,3 @@ def _floats(value: Any, n: int) -> tuple[float, ...] | None:
 def _positive(value: Any) -> float | None:
     number = None if value is None or value == "" else float(value)
     return number if number is not None and np.isfinite(number) and number > 0 else None
-
-
-def _text(ds: Dataset, keyword: str) -> str:
-    try:
-        value = ds.get(keyword)
-    except Exception:  # a damaged value (parsed lazily, any type) reads as absent
-        return ""
-    return "" if value is None else str(value).strip()
-
-
-def _sop_name(ds: Dataset) -> str:
-    uid = UID(_text(ds, "SOPClassUID"))
-    return uid.name if uid else "unknown SOP class"
-
-
-def _brief(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {str(exc)[:200]}"
