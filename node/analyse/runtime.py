@@ -122,9 +122,9 @@ class Model:
         out = np.empty(volume.shape, np.uint8)
         total = volume.shape[0]
         # The OpenCV and numpy work around inference runs on a thread per core while ONNX Runtime is
-        # idle: both release the GIL, so each step nearly halves (slice preparation 0.35 -> 0.19 s, label
-        # decision 0.36 -> 0.2 s on 300 slices and 2 cores). Overlapping it with inference gained nothing:
-        # ONNX Runtime keeps every core busy.
+        # idle: both release the GIL (slice preparation 0.35 -> 0.2 s, softmax and label decision 0.45 ->
+        # 0.3 s on 300 slices and 2 cores, with ORT not spinning and OpenCV's own threads off, as in a
+        # worker). Overlapping it with inference gained nothing: ONNX Runtime keeps every core busy.
         with ThreadPoolExecutor(self.cores) as pool:
             t0 = time.perf_counter()
             # Every slice once on the model grid; context channels interpolate between these.
