@@ -134,6 +134,7 @@ class Report:
     baseline: Scores
     labels: dict[int, str]
     min_diameter_mm: float
+    first_seed: int = HELD_OUT_SEED
 
 
 def evaluate(
@@ -167,7 +168,7 @@ def evaluate(
                 f"{ours.false_positives} FP; baseline {classical.true_positives}, {classical.false_positives} FP"
             )
     names = {lab.index: lab.name for lab in card.labels}
-    return Report(series, ours, classical, names, min_diameter_mm)
+    return Report(series, ours, classical, names, min_diameter_mm, first_seed)
 
 
 def format_report(report: Report) -> str:
@@ -190,7 +191,8 @@ def format_report(report: Report) -> str:
         )
     m = report.model
     rows.append(
-        f"({report.series} held-out series; {m.true_positives + m.false_negatives} nodules {d}; "
+        f"({report.series} held-out series, seeds {report.first_seed}..{report.first_seed + report.series - 1}; "
+        f"{m.true_positives + m.false_negatives} nodules {d}; "
         f"model {m.true_positives} found, {m.false_positives} false positives)"
     )
     return "\n".join(rows)

@@ -30,3 +30,27 @@ def test_evaluate_command_prints_the_table() -> None:
     )
     assert run.returncode == 0, run.stderr
     assert "sensitivity (nodules >= 5 mm)" in run.stdout and "held-out series" in run.stdout
+
+
+def test_evaluate_command_takes_another_held_out_range() -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "node", "models", "evaluate", "lung-nodule-ct"]
+        + ["--series", "1", "--slices", "24", "--first-seed", str(HELD_OUT_SEED + 7)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    assert f"seed {HELD_OUT_SEED + 7}" in run.stdout + run.stderr
+    assert f"seeds {HELD_OUT_SEED + 7}..{HELD_OUT_SEED + 7};" in run.stdout
+
+
+def test_evaluate_command_refuses_seeds_that_are_not_held_out() -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "node", "models", "evaluate", "lung-nodule-ct", "--first-seed", "50000"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 1
+    assert "not held out" in run.stderr and "Traceback" not in run.stderr
