@@ -78,7 +78,8 @@ def dice(prediction: NDArray[np.bool_], truth: NDArray[np.bool_]) -> float:
     return 1.0 if total == 0 else 2.0 * int((prediction & truth).sum()) / total
 
 
-def _centre_voxel(nodule: Nodule, phantom: Phantom) -> tuple[int, int, int]:
+def centre_voxel(nodule: Nodule, phantom: Phantom) -> tuple[int, int, int]:
+    """The (slice, row, column) voxel nearest the nodule's centre: a nodule is found when it is labelled."""
     x, y, z = nodule.centre_mm
     x0, y0, z0 = phantom.first_position
     return (
@@ -106,7 +107,7 @@ def score(
     truth, _ = postprocess.components(phantom.labels == NODULE)
     large_truth = set()
     for nodule in phantom.nodules:
-        k, j, i = _centre_voxel(nodule, phantom)
+        k, j, i = centre_voxel(nodule, phantom)
         if not (0 <= k < labels.shape[0]) or nodule.diameter_mm < min_diameter_mm:
             continue
         large_truth.add(int(truth[k, j, i]))
