@@ -6,9 +6,9 @@
 
 Seeded: a fixed number of steps (not a time budget), and each training phantom draws from its own
 generator (``[seed, index]``), so the data are the same on any number of rendering processes
-(``--workers``, default every core). Measured: rendering 100 phantoms took 460 s on one core (before it
-ran on several), training 3000 steps 979 s on 2 idle cores; on an H200 with 16 cores (``--device cuda``)
-rendering took 173 s (four input specs at once) and training 107-130 s (five trainings sharing the GPU).
+(``--workers``, default every core). Measured with the defaults on 2 idle cores: rendering 160 s, training
+999 s, 19.5 minutes in all; on an H200 with 16 cores (``--device cuda``) rendering took 173 s (four input
+specs at once) and training 107-130 s (five trainings sharing the GPU).
 Training phantoms use seeds 0..(anatomies-1); post-processing thresholds in the card were chosen on seeds
 50000..50079; `pacs-node models evaluate` draws held-out series from seeds >= 100000, which neither step
 sees. Inputs and targets go through node.analyse.preprocess, the same code the node runs, so the network
