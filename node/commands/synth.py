@@ -1,4 +1,4 @@
-"""``pacs-node synth ct``: write a synthetic chest CT series with its ground truth."""
+"""``pacs-node synth ct`` / ``synth ecg``: write synthetic CT series or 12-lead ECGs with their ground truth."""
 
 from __future__ import annotations
 
@@ -26,6 +26,25 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     ct.add_argument("--nodules", type=int, default=None, help="number of nodules (default: 0-6, by seed)")
     ct.add_argument("--size", type=int, default=512, help="rows and columns (default 512)")
     ct.set_defaults(func=run_ct)
+    ecg = kinds.add_parser(
+        "ecg",
+        help="synthetic 12-lead ECGs with their ground truth",
+        description="Write 12-Lead ECG Waveform Storage instances of synthetic recordings (sinus rhythm, sinus "
+        "bradycardia, sinus tachycardia, atrial fibrillation; baseline wander, mains hum and muscle noise) plus "
+        "truth.json per recording: rhythm, heart rate, RR, PR, QRS, QT, QTc and the R peaks.",
+        epilog="example: pacs-node synth ecg --out demo/ecg --count 4 --seed 7",
+    )
+    ecg.add_argument("--out", type=Path, required=True, help="folder for the DICOM files (created)")
+    ecg.add_argument("--count", type=int, default=1, help="number of recordings (default 1), seeds seed, seed+1, ...")
+    ecg.add_argument("--seed", type=int, default=1, help="seed of the first recording (default 1)")
+    ecg.add_argument(
+        "--rhythm",
+        default=None,
+        help="sinus_rhythm, sinus_bradycardia, sinus_tachycardia or atrial_fibrillation (default: drawn by seed)",
+    )
+    ecg.add_argument("--rate", type=float, default=500.0, help="sampling rate in Hz (default 500)")
+    ecg.add_argument("--noise", type=float, default=1.0, help="noise scale, 0 = clean (default 1)")
+    ecg.set_defaults(func=run_ecg)
 
 
 def run_ct(args: argparse.Namespace) -> int:
@@ -52,4 +71,24 @@ def run_ct(args: argparse.Namespace) -> int:
         x, y, z = n.centre_mm
         print(f"  nodule {n.diameter_mm:5.1f} mm, {n.volume_mm3:7.0f} mm3 at ({x:.1f}, {y:.1f}, {z:.1f}), {n.attached}")
     print(f"ground truth in {truth_dir} (truth.json, labels.npz)")
+    return 0
+
+
+def run_ecg(args: argparse.Namespace) -> int:
+    from node.synth.ecg import RHYTHMS, make_ecg
+
+    if args.count < 1 or not 200 <= args.rate <= 1000:
+        raise SystemExit("error: --count must be >= 1 and --rate 200..1000 Hz (the 12-lead ECG IOD's range)")
+    if args.rhythm is not None and args.rhythm not in RHYTHMS:
+        raise SystemExit(f"error: --rhythm must be one of {', '.join(RHYTHMS)}")
+    truths = {}
+    for seed in range(args.seed, args.seed + args.count):
+        ecg = make_ecg(seed, args.rhythm, rate_hz=args.rate, noise=args.noise)
+        path = ecg.write_dicom(args.out / f"ECG{seed:06d}.dcm")
+        truths[path.name] = ecg.truth.to_json()
+        t = ecg.truth
+        pr = "-" if t.pr_ms is None else f"{t.pr_ms:.0f}"
+        print(f"  {path.name}: {t.rhythm}, {t.heart_rate_bpm:.0f} bpm, PR {pr} QRS {t.qrs_ms:.0f} QT {t.qt_ms:.0f} ms")
+    (args.out / "truth.json").write_text(json.dumps(truths, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {args.count} recordings and truth.json to {args.out}")
     return 0
