@@ -7,8 +7,9 @@
     CompletionTimer (thread) ──▶ Router.study_complete ──▶ JobStore: "analyse" jobs
     ChildProcesses: N × ``pacs-node worker`` ──▶ results in outbox/ + "send:<peer>" jobs
     ChildProcesses: 1 × ``pacs-node sender`` (threads per peer) ──▶ C-STORE to the peers, retried with
-        backoff, parked when dead. Its own process: sending costs about as much CPU as receiving, and
-        in one Python process both would share one core (measured: forwarding halved the receive rate).
+        backoff, parked when dead; a thread per [[notify]] target ──▶ webhook / HL7 ORU^R01 (node.notify).
+        Its own process: sending costs about as much CPU as receiving, and in one Python process both
+        would share one core (measured: forwarding halved the receive rate).
     Retention (thread): finished studies deleted after ``retention.keep_days`` or under disk pressure,
         never one with unfinished jobs (node.store.retention)
     Maintenance (thread): expired leases back to the queue, status.json for ``pacs-node status``
@@ -34,6 +35,7 @@ from node.audit import AuditTrail, audit_path
 from node.config import NodeConfig
 from node.errors import NodeError
 from node.jobs import JobStore
+from node.jobs.kinds import NOTIFY_KIND_PREFIX
 from node.jobs.sends import SEND_KIND_PREFIX
 from node.processes import ChildProcesses, owner_gone, owner_pid, stop_on_signals, watch_parent
 from node.receive import Receiver, StoreHandler
@@ -132,7 +134,7 @@ class NodeService:
 
     def _attempts(self, kind: str) -> int:
         """Attempts before a job of ``kind`` is dead: the sender's for sends, the workers' for the rest."""
-        if kind.startswith(SEND_KIND_PREFIX):
+        if kind.startswith((SEND_KIND_PREFIX, NOTIFY_KIND_PREFIX)):  # notifications retry as sends do
             from node.send.sender import max_attempts_for  # the send stage loads in the sender process only
 
             sender = self.config.sender
@@ -275,7 +277,9 @@ def load_models(config: NodeConfig) -> dict[str, Model]:
 
 
 def run_sender(config: NodeConfig, parent: int | None = None) -> None:
-    """``pacs-node sender``: the sender threads until SIGTERM (claimed sends not started are released)."""
+    """``pacs-node sender``: the sender and notifier threads until SIGTERM (claimed sends not started are
+    released)."""
+    from node.notify import Notifier
     from node.send import Sender, sender_job_store
 
     prepare_data_dir(config)
@@ -284,10 +288,14 @@ def run_sender(config: NodeConfig, parent: int | None = None) -> None:
     watch_parent(stop, parent)
     jobs = sender_job_store(config)
     try:
-        sender = Sender(config, jobs, stop, audit=AuditTrail(audit_path(config.node.data_dir), config.node.ae_title))
+        audit = AuditTrail(audit_path(config.node.data_dir), config.node.ae_title)
+        sender = Sender(config, jobs, stop, audit=audit)
+        notifier = Notifier(config, jobs, stop, audit=audit)  # [[notify]]: same process, same retry settings
         sender.start()
+        notifier.start()
         stop.wait()
         sender.join(config.limits.drain_timeout_s)
+        notifier.join(config.limits.drain_timeout_s)
     finally:
         jobs.close()
 

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from pydantic import Field, ValidationError
 
 from node.config.base import Loc, _problems, _readable, _Section
+from node.config.notify import NotifyTargets
 from node.config.rules import CALLER, Fallback, Rule
 from node.config.sections import (
     Analysis,
@@ -46,6 +47,7 @@ class NodeConfig(_Section):
     duplicates: Duplicates = Duplicates()
     retention: Retention = Retention()
     logging: Logging = Logging()
+    notify: NotifyTargets = ()  # [[notify]]: webhook and HL7 targets told about results (node.config.notify)
 
     def _relations(self) -> list[tuple[Loc, str]]:
         problems: list[tuple[Loc, str]] = []

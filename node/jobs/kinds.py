@@ -11,6 +11,10 @@
     dedup key ``"<peer>|<sop>"`` with ``once`` (see :mod:`node.send`). ``path`` is
     ``spool/<study>/<series>/<sop>.dcm`` for a forwarded instance, ``outbox/analyse-<job id>/...`` for a
     result of that analysis.
+``notify:<target>``
+    ``{"target": [[notify]] name, "path": "outbox/analyse-<job id>/<series>/findings.json", "result": the
+    SR's SOP Instance UID, "model": model folder name}``; dedup key ``"<target>|<result>"`` with ``once``
+    (see :mod:`node.notify.jobs`): each result notifies each target once.
 
 Every job is filed under the study it concerns (the store's ``study`` column, from :func:`study_of` at
 enqueue time), so retention can tell whether a study still has work ahead of it.
@@ -24,6 +28,7 @@ from typing import Any
 
 ANALYSE = "analyse"
 SEND_KIND_PREFIX = "send:"
+NOTIFY_KIND_PREFIX = "notify:"
 
 
 PRIORITY = {"urgent": 10, "normal": 0, "low": -10}  # a rule's priority as the job store's number
@@ -50,7 +55,7 @@ def study_of(kind: str, payload: Mapping[str, Any], analysis_study: Callable[[in
     if kind == ANALYSE:
         study = payload.get("study")
         return study if isinstance(study, str) and study else None
-    if kind.startswith(SEND_KIND_PREFIX):
+    if kind.startswith((SEND_KIND_PREFIX, NOTIFY_KIND_PREFIX)):  # a notification names its result's findings.json
         path = payload.get("path")
         if not isinstance(path, str):
             return None

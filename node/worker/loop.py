@@ -2,7 +2,8 @@
 
 Per job::
 
-    claim (lease) ── analyse_study ── enqueue a send per result file and peer ── complete
+    claim (lease) ── analyse_study ── enqueue a send per result file and peer, a notification per result
+                                      and [[notify]] target (one transaction) ── complete
           │                 │
           │                 ├─ InputError (the study cannot be analysed) ──▶ fail, no retry (dead)
           │                 ├─ any other error ─────────────────────────────▶ fail, retry after backoff
@@ -29,7 +30,8 @@ from node.config import NodeConfig
 from node.errors import InputError, NodeError
 from node.jobs import Job, JobState, JobStore, LeaseLostError
 from node.jobs.kinds import ANALYSE
-from node.jobs.sends import enqueue_send
+from node.jobs.sends import send_job
+from node.notify.jobs import notify_jobs
 from node.store import Index
 from node.worker.study import analyse_study
 
@@ -145,10 +147,18 @@ class Worker:
         )
         # Jobs queued by the router name their destinations; older jobs use [analysis] send_results_to.
         peers = [str(p) for p in job.payload.get("results_to", self.config.analysis.send_results_to)]
-        for result in manifest.files:
-            for peer in peers:
-                enqueue_send(self.jobs, peer, result.path, result.sop_instance_uid, result.sop_class_uid, job.priority)
-        log.info("job %d: %d result files, sent to %s", job.id, len(manifest.files), ", ".join(peers) or "nobody")
+        files = [(r.path, r.sop_instance_uid, r.sop_class_uid) for r in manifest.files]
+        new = [send_job(peer, *file, job.priority) for file in files for peer in peers]
+        # [[notify]] targets whose minimum priority a result reaches: in the same transaction as the sends.
+        notices = notify_jobs(self.config.notify, data_dir, files, name, job.priority)
+        self.jobs.enqueue_many(new + notices)
+        log.info(
+            "job %d: %d result files, sent to %s, %d notifications",
+            job.id,
+            len(manifest.files),
+            ", ".join(peers) or "nobody",
+            len(notices),
+        )
 
     def _settle(self, job: Job, work: Callable[[Job], None]) -> None:
         """Run ``work`` and record its outcome in the job store (the worker loop's stage boundary)."""

@@ -9,8 +9,8 @@ NODE = Path(__file__).resolve().parents[2] / "node"
 SHARED = {"config", "errors", "logs", "paths", "validation", "sqlite", "dicom", "audit", "__init__"}
 # Stages in the order they may depend on each other. "store" comes first: the receiver's handler writes
 # through it. "synth" (test data) may be used by analysis (evaluation) only. "worker" runs analyse and
-# encode and enqueues sends; "web" shows everything.
-ORDER = ["store", "receive", "jobs", "synth", "routing", "analyse", "encode", "send", "worker", "web"]
+# encode and enqueues sends and notifications (node.notify: webhook, HL7); "web" shows everything.
+ORDER = ["store", "receive", "jobs", "synth", "routing", "analyse", "encode", "send", "notify", "worker", "web"]
 TOP = {"cli", "commands", "app", "processes", "__main__"}  # composition and command line: may import anything
 
 
