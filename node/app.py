@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import sys
 import threading
 import time
@@ -37,6 +38,7 @@ from node.errors import NodeError
 from node.jobs import JobStore
 from node.jobs.kinds import NOTIFY_KIND_PREFIX
 from node.jobs.sends import SEND_KIND_PREFIX
+from node.metrics import prepare as prepare_metrics
 from node.processes import ChildProcesses, owner_gone, owner_pid, stop_on_signals, watch_parent
 from node.receive import Receiver, StoreHandler
 from node.routing import Router
@@ -44,6 +46,7 @@ from node.routing.log import RoutingLog
 from node.store import DiskGuard, Index, Spool, free_mb
 from node.store.completion import CompletionTimer
 from node.store.retention import Retention
+from node.web import ONE_TIME_ENV
 
 if TYPE_CHECKING:
     from node.analyse.runtime import Model
@@ -82,6 +85,7 @@ class NodeService:
         self.stop = threading.Event()
         prepare_data_dir(config)
         node = config.node
+        prepare_metrics(node.data_dir)  # before any metric exists here or in a child (node.metrics)
         self.spool = Spool(node.spool_dir)
         self.spool.cleanup_temp()  # before any association: no write is in progress yet
         self.index = Index(node.index_path)
@@ -129,6 +133,10 @@ class NodeService:
 
         self.workers = ChildProcesses("worker", command("worker"), config.workers.count, on_exit=self._take_back)
         self.sender = ChildProcesses("sender", command("sender"), 1, on_exit=self._take_back)
+        # The web console (node.web); with no user configured, a one-time login token (printed at start).
+        self.login_token = secrets.token_urlsafe(24) if config.web.enabled and not config.web.users else None
+        web_env = {ONE_TIME_ENV: self.login_token} if self.login_token else None
+        self.web = ChildProcesses("web", command("web"), int(config.web.enabled), env=web_env)
         self.started = time.time()
         self.config_sha256 = hashlib.sha256(config_path.read_bytes()).hexdigest() if config_path.exists() else ""
 
@@ -170,15 +178,34 @@ class NodeService:
             self.retention.start()
         self.sender.start()
         self.workers.start()
+        self.web.start()
+        self._announce_web()
         log.info("node ready: %s on %s:%d", self.config.node.ae_title, self.config.node.bind, self.receiver.port)
         last_maintenance = 0.0
         while not self.stop.wait(0.5):
             self.workers.supervise()
             self.sender.supervise()
+            self.web.supervise()
             if time.monotonic() - last_maintenance >= 5.0:
                 last_maintenance = time.monotonic()
                 self._maintain()
         self.drain()
+
+    def _announce_web(self) -> None:
+        """Where the web console is; with no user configured, the one-time login URL (on stderr, as Jupyter)."""
+        web = self.config.web
+        if not web.enabled:
+            return
+        host = "127.0.0.1" if web.bind in ("0.0.0.0", "::") else web.bind
+        base = f"{web.scheme}://{host}:{web.port}"
+        log.info("web console at %s", base)
+        if self.login_token:
+            print(
+                f"No [[web.users]] configured: log in to the web console once with\n    {base}/login?token="
+                f"{self.login_token}\n(add users with 'pacs-node users hash'; see README, Web console and triage)",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def _recover_deletions(self) -> None:
         """Before the receiver listens: finish the study deletions a crash interrupted (even with retention off).
@@ -218,6 +245,7 @@ class NodeService:
             "associations": self.receiver.active_associations(),
             "workers_alive": self.workers.alive(),
             "sender_alive": self.sender.alive(),
+            "web_alive": self.web.alive(),
             "workers_configured": self.workers.count,
             "free_mb": round(free_mb(data_dir), 1),
             "retention": self.retention.totals(),
@@ -248,6 +276,7 @@ class NodeService:
         self.retention.stop(deadline)
         self.workers.stop(deadline)
         step("workers")
+        self.web.stop(deadline)
         self.stop.set()
         self.sender.stop(deadline)
         step("sender")
@@ -298,6 +327,16 @@ def run_sender(config: NodeConfig, parent: int | None = None) -> None:
         notifier.join(config.limits.drain_timeout_s)
     finally:
         jobs.close()
+
+
+def run_web(config: NodeConfig, parent: int | None = None) -> None:
+    """``pacs-node web``: the web console until SIGTERM (or until serve, its parent, dies)."""
+    from node.web.server import run_web as serve_web
+
+    prepare_data_dir(config)
+    stop = threading.Event()
+    watch_parent(stop, parent)
+    serve_web(config, stop)
 
 
 def run_worker(config: NodeConfig, parent: int | None = None) -> None:

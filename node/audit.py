@@ -18,6 +18,11 @@ Events are modelled on the DICOM audit message categories (PS3.15 Annex A.5, eve
     job-failed             Application Activity (110100)        serious failure (8): a job is dead
     study-deleted          DICOM Study Deleted (110105)         success: retention deleted a study (reason,
                                                                 instances, bytes)
+    user-login             User Authentication (110114)         success: a person logged in to the web console
+    user-login-failed      User Authentication (110114)         minor failure (4): wrong name, password or token
+    user-logout            User Authentication (110114)         success
+    user-action            Application Activity (110100)        success or minor failure (4): retry, cancel,
+                                                                feedback, with the user's name
 
 Records carry AE titles, addresses, UIDs, counts and reasons, never a patient's name, ID or birth date
 (callers pass no dataset, only these fields).
@@ -42,6 +47,10 @@ EVENTS: dict[str, tuple[str, str]] = {
     "instances-sent": ("110104", "DICOM Instances Transferred"),
     "job-failed": ("110100", "Application Activity"),
     "study-deleted": ("110105", "DICOM Study Deleted"),
+    "user-login": ("110114", "User Authentication"),
+    "user-login-failed": ("110114", "User Authentication"),
+    "user-logout": ("110114", "User Authentication"),
+    "user-action": ("110100", "Application Activity"),
 }
 OUTCOMES = {"success": 0, "minor failure": 4, "serious failure": 8, "major failure": 12}
 

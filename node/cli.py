@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from node import __version__, logs
-from node.commands import analyse, audit, echo, jobs, models, rules, send, serve, synth
+from node.commands import analyse, audit, echo, jobs, models, rules, send, serve, synth, web
 from node.commands import config as check_config
 from node.errors import NodeError
 
@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_parser(sub)
     models.add_parser(sub)
     check_config.add_parser(sub)
+    web.add_parsers(sub)
     return parser
 
 

@@ -78,8 +78,10 @@ class ChildProcesses:
         count: int,
         restart_delay_s: float = 5.0,
         on_exit: Callable[[int], object] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.on_exit = on_exit  # called with the pid of a child that exited (its jobs go back at once)
+        self.env = env  # variables added to this process's environment for the children (a secret, say)
         self.name = name
         self.command = command
         self.count = count
@@ -92,7 +94,8 @@ class ChildProcesses:
             self._spawn(slot)
 
     def _spawn(self, slot: int) -> None:
-        self._procs[slot] = subprocess.Popen(self.command, stdin=subprocess.DEVNULL)
+        env = None if self.env is None else {**os.environ, **self.env}
+        self._procs[slot] = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, env=env)
         log.info("%s %d started (pid %d)", self.name, slot + 1, self._procs[slot].pid)  # type: ignore[union-attr]
 
     def supervise(self) -> None:

@@ -23,6 +23,7 @@ from node.config.sections import (
     Sender,
     Workers,
 )
+from node.config.web import Web
 from node.errors import ConfigError
 from node.validation import format_validation_error
 
@@ -48,6 +49,7 @@ class NodeConfig(_Section):
     retention: Retention = Retention()
     logging: Logging = Logging()
     notify: NotifyTargets = ()  # [[notify]]: webhook and HL7 targets told about results (node.config.notify)
+    web: Web = Web()
 
     def _relations(self) -> list[tuple[Loc, str]]:
         problems: list[tuple[Loc, str]] = []

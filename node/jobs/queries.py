@@ -77,3 +77,38 @@ class JobQueries:
         with self._read() as conn:
             rows = conn.execute("SELECT kind, state, COUNT(*) FROM jobs GROUP BY kind, state").fetchall()
         return {(kind, JobState(state)): count for kind, state, count in rows}
+
+    # -- the web console (node.web) ----------------------------------------------------------------
+
+    def failures(self, limit: int = 500) -> builtins.list[Job]:
+        """Dead jobs and queued ones waiting for a retry after a failure, newest first."""
+        with self._read() as conn:
+            rows = conn.execute(
+                f"SELECT {COLUMNS} FROM jobs WHERE state = 'dead'"
+                f" UNION ALL SELECT {COLUMNS} FROM jobs WHERE state = 'queued' AND attempts > 0"
+                " ORDER BY id DESC LIMIT ?",
+                (limit,),
+            )
+            return [job_from_row(row) for row in rows]
+
+    def of_study(self, study: str) -> builtins.list[Job]:
+        """Every job filed under the study (its forwards, analyses and their result sends), oldest first."""
+        with self._read() as conn:
+            rows = conn.execute(f"SELECT {COLUMNS} FROM jobs WHERE study = ? ORDER BY id", (study,))
+            return [job_from_row(row) for row in rows]
+
+    def oldest_queued_created(self) -> float | None:
+        """When the oldest queued job was created (``None`` when nothing is queued)."""
+        with self._read() as conn:
+            row = conn.execute("SELECT MIN(created) FROM jobs WHERE state = 'queued'").fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    def analyses_per_model(self) -> dict[str, tuple[int, float]]:
+        """Per model: done analyses and their mean time from queued to done (seconds)."""
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT json_extract(payload, '$.model'), COUNT(*), AVG(updated - created) FROM jobs"
+                " WHERE state = 'done' AND kind = ? GROUP BY 1",
+                (ANALYSE,),
+            ).fetchall()
+        return {str(model): (int(count), float(mean or 0.0)) for model, count, mean in rows if model is not None}

@@ -89,6 +89,26 @@ class JobRecovery:
             move(conn, job, JobState.QUEUED, now, attempts=0, not_before=now)
         log.info("job %d %s -> queued (retried on request)", job_id, job.kind)
 
+    def cancel(self, job_id: int, reason: str) -> JobState:
+        """A person gives a job up: a queued one (waiting for a retry) is parked dead, a dead one is closed.
+
+        A queued job goes to dead (it can still be retried); a dead job goes to done with ``reason`` as its
+        last error (it leaves the failures list, and its study may be deleted by retention). A running job
+        cannot be cancelled (its holder would not notice): :class:`JobStateError`. Returns the new state.
+        """
+        now = self._clock()
+        with self._write() as conn:
+            job = fetch(conn, job_id)
+            if job.state is JobState.QUEUED:
+                state = JobState.DEAD
+            elif job.state is JobState.DEAD:
+                state = JobState.DONE
+            else:
+                raise JobStateError(f"job {job_id} is {job.state}: only a queued or dead job can be cancelled")
+            move(conn, job, state, now, last_error=f"cancelled: {reason}")
+        log.info("job %d %s -> %s (cancelled on request)", job_id, job.kind, state)
+        return state
+
     def forget_study(self, study: str) -> int:
         """Delete the study's done jobs (retention deleted the study); return how many.
 

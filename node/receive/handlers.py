@@ -33,6 +33,7 @@ from pynetdicom.dimse_primitives import C_STORE
 
 from node import logs
 from node.dicom.status import Status
+from node.metrics import metrics
 from node.receive.identify import Identity, UnacceptableError, identify
 from node.store import DiskGuard, Index, InvalidUIDError, Spool, StoreError, part10_bytes
 from node.store.spool import AlreadyStoredError
@@ -169,6 +170,10 @@ class StoreHandler:
             log.exception("C-STORE failed unexpectedly")
             status, outcome, comment = Status.PROCESSING_FAILURE, "processing failure", "internal error in the node"
         self._count(event, outcome)
+        responses = metrics().cstore_responses
+        responses.labels(f"0x{int(status):04X}").inc()
+        if outcome == "duplicate":
+            metrics().duplicates.inc()
         if status is Status.SUCCESS:
             return int(status)
         log.warning("C-STORE refused with %s: %s", f"0x{status:04X} {status.name}", comment)
@@ -237,4 +242,7 @@ class StoreHandler:
             return Status.OUT_OF_RESOURCES, "out of resources", str(exc)
         if self.on_stored is not None:
             self.on_stored(who, relative, str(meta.TransferSyntaxUID))
+        counters = metrics()
+        counters.instances_received.inc()
+        counters.received_bytes.inc(len(data))
         return Status.SUCCESS, "stored" if recorded.new else "duplicate", ""

@@ -28,6 +28,7 @@ from node.config import NodeConfig
 from node.config.tls import ListenerTLS
 from node.dicom.contexts import ACCEPTED_TRANSFER_SYNTAXES
 from node.dicom.tls import explain, server_context
+from node.metrics import metrics, rejection_reason
 from node.receive.handlers import StoreHandler
 from node.receive.policy import Policy, PolicyAE
 
@@ -207,6 +208,7 @@ class Receiver:
         else:
             reason = f"{self.config.limits.max_associations} associations already open (limits.max_associations)"
         self.policy.log_rejection(calling, called, address, reason)
+        metrics().associations_rejected.labels(rejection_reason(reason)).inc()
         self._audit(
             "association-rejected",
             "minor failure",
@@ -217,6 +219,7 @@ class Receiver:
         )
 
     def _accepted(self, event: evt.Event) -> None:
+        metrics().associations_accepted.inc()
         requestor = event.assoc.requestor
         self._audit(
             "association-accepted",

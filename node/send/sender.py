@@ -37,6 +37,7 @@ from node.config import Limits, NodeConfig, Peer
 from node.config import Sender as SenderSection
 from node.jobs import Job, JobError, JobState, JobStore, LeaseLostError, delay
 from node.jobs.sends import send_kind
+from node.metrics import metrics
 from node.send.destination import Destination
 from node.send.scu import FileOutcome, ScuSettings, Verdict, store_files
 
@@ -270,6 +271,11 @@ class Sender:
         """Record a job's outcome in the store; a lost lease is logged (the job is another owner's now)."""
         if batch.unsettled.pop(job.id, None) is None:
             return
+        if verdict is not Verdict.CANCELLED:
+            peer = job.kind.removeprefix("send:")
+            metrics().send_attempts.labels(peer).inc()
+            if verdict is not Verdict.SENT:
+                metrics().send_failures.labels(peer).inc()
         try:
             if verdict is Verdict.SENT:
                 self.jobs.complete(job.id, batch.owner)

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 
 from node.config import Completion
+from node.metrics import metrics
 from node.store.index import Index
 from node.store.spool import StoreError
 
@@ -67,6 +68,7 @@ class CompletionTimer:
                 log.exception("completing a study failed; trying again at the next check")
                 continue
             self.index.mark_complete(study, now)
+            metrics().studies_completed.inc()
             done.append(study)
         if done:
             log.info("%d %s complete", len(done), "study" if len(done) == 1 else "studies")

@@ -20,6 +20,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Mapping
 
 from node import logs
@@ -31,6 +32,7 @@ from node.errors import InputError, NodeError
 from node.jobs import Job, JobState, JobStore, LeaseLostError
 from node.jobs.kinds import ANALYSE
 from node.jobs.sends import send_job
+from node.metrics import metrics
 from node.notify.jobs import notify_jobs
 from node.store import Index
 from node.worker.study import analyse_study
@@ -134,6 +136,7 @@ class Worker:
         data_dir = self.config.node.data_dir
         folder = self.config.node.results_dir(job.id)
         series = job.payload.get("series")
+        started = time.monotonic()
         manifest = analyse_study(
             str(job.payload["study"]),
             model,
@@ -145,6 +148,7 @@ class Worker:
             series_uid=str(series) if series else None,
             buffer=self.voxels,
         )
+        metrics().analysis_seconds.labels(name).observe(time.monotonic() - started)
         # Jobs queued by the router name their destinations; older jobs use [analysis] send_results_to.
         peers = [str(p) for p in job.payload.get("results_to", self.config.analysis.send_results_to)]
         files = [(r.path, r.sop_instance_uid, r.sop_class_uid) for r in manifest.files]

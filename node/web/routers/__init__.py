@@ -1,0 +1,1 @@
+"""One router per area of the console; ``api`` is the JSON API under ``/api/v1``."""

@@ -1,0 +1,50 @@
+"""``pacs-node web``: the web app under uvicorn until SIGTERM (or serve, its parent, dies)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+from node.config import NodeConfig
+from node.metrics import MULTIPROC_ENV, metrics_dir
+from node.web import ONE_TIME_ENV
+
+log = logging.getLogger(__name__)
+
+
+def run_web(config: NodeConfig, stop: threading.Event) -> None:
+    """Serve until SIGTERM/SIGINT (uvicorn's handlers) or until ``stop`` is set (serve died)."""
+    import uvicorn
+
+    from node.web.app import create_app
+
+    web = config.web
+    # Started by hand or by systemd: read the metrics of the node's processes where serve keeps them.
+    os.environ.setdefault(MULTIPROC_ENV, str(metrics_dir(config.node.data_dir)))
+    token = os.environ.pop(ONE_TIME_ENV, None)
+    app = create_app(config, one_time_token=token)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=web.bind,
+            port=web.port,
+            ssl_certfile=str(web.certificate) if web.certificate else None,
+            ssl_keyfile=str(web.private_key) if web.private_key else None,
+            log_level="warning",
+            access_log=False,  # URLs hold study UIDs: not for the logs
+            server_header=False,
+        )
+    )
+
+    def on_stop() -> None:
+        stop.wait()
+        server.should_exit = True
+
+    threading.Thread(target=on_stop, name="web-stop", daemon=True).start()
+    log.info("web console on %s://%s:%d", web.scheme, web.bind, web.port)
+    try:
+        server.run()  # installs its own SIGTERM/SIGINT handlers: a graceful stop
+    finally:
+        stop.set()
+        app.state.ctx.close()
