@@ -181,7 +181,7 @@ def test_absolute_data_dir_is_kept(tmp_path: Path) -> None:
         (
             BASE + "[limit]\n",
             "limit: unknown key (allowed here: node, limits, completion, workers, peers, analysis, rules, fallback, "
-            "sender, duplicates, retention, logging, notify)",
+            "sender, duplicates, retention, logging, notify, web)",
         ),
         (BASE + "colour = 1\n", "node.colour: unknown key (allowed here: ae_title, bind, port, data_dir, tls)"),
         (
