@@ -45,6 +45,7 @@ def finding(number: int, volume: float = 523.6, diameter: float = 12.1) -> dict[
     return {
         "label": "nodule",
         "number": number,
+        "name": f"Nodule {number}",
         "segment_number": 1,
         "tracking_uid": generate_uid(),
         "volume_mm3": volume,

@@ -9,7 +9,7 @@ Segments (``|`` separated, ``^`` components; values escaped as HL7 §2.7 says)::
     OBR|1|<accession>|<Study Instance UID>|<model>^AI result <model> <version>^L|||<now>|...|<now>|||F
     OBX|1|CWE|PRIORITY^Suggested reading priority^L|1|HIGH^HIGH^L||||||F|||<now>
     NTE|1|L|<the reason for the priority>
-    OBX|2|TX|<label>^<label>^L|<finding number>|<label> <n>: volume 523.6 mm3, ...||||||F|||<now>
+    OBX|2|TX|<label>^<label>^L|<finding number>|<name>: volume 523.6 mm3, ...||||||F|||<now>
     ... one OBX per finding
 
 The control ID (MSH-10, echoed in the ACK's MSA-2) is derived from the notification's idempotency key, so
@@ -55,7 +55,7 @@ def _number(value: Any, unit: str = "", digits: int = 1) -> str | None:
 
 
 def _finding_text(finding: Mapping[str, Any]) -> str:
-    """One line per finding: ``nodule 1: volume 523.6 mm3, longest axial diameter 12.1 mm, ...``."""
+    """One line per finding: ``Nodule 1: volume 523.6 mm3, longest axial diameter 12.1 mm, ...``."""
     measured = finding.get("measurements") or {}
     parts = [
         f"volume {v}" if (v := _number(measured.get("volume_mm3"), " mm3")) else "",
@@ -70,7 +70,8 @@ def _finding_text(finding: Mapping[str, Any]) -> str:
     if isinstance(key_slice, Mapping) and isinstance(key_slice.get("index"), int):
         z = _number(key_slice.get("z_mm"), " mm")
         parts.append(f"key slice {key_slice['index']}" + (f" (z {z})" if z else ""))
-    return f"{finding.get('label')} {finding.get('number')}: " + ", ".join(p for p in parts if p)
+    name = finding.get("name") or f"{finding.get('label')} {finding.get('number')}"
+    return f"{name}: " + ", ".join(p for p in parts if p)
 
 
 def _pid(patient: Patient) -> str:

@@ -6,8 +6,8 @@ bytes (the webhook's signature and the receiver's deduplication rely on it). The
 the accession number, the model, the suggested priority and the findings; never a patient's name, ID or
 birth date. Those are read separately (:class:`Patient`), only for an HL7 target that asks for them.
 
-Keys of ``findings.json`` that an older worker did not write (``model``, a finding's ``segment_number``,
-``tracking_uid``, ``confidence``, ``key_slice``) are ``null`` in the document.
+Keys of ``findings.json`` that an older worker did not write (``model``, a finding's ``name``,
+``segment_number``, ``tracking_uid``, ``confidence``, ``key_slice``) are ``null`` in the document.
 """
 
 from __future__ import annotations
@@ -85,6 +85,7 @@ def _finding(item: dict[str, Any]) -> dict[str, Any]:
     return {
         "label": item.get("label"),
         "number": item.get("number"),
+        "name": item.get("name"),  # "Nodule 2": as the SEG segment and the SR measurement group name it
         "segment_number": item.get("segment_number"),
         "tracking_uid": item.get("tracking_uid"),
         "measurements": measurements,

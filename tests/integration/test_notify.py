@@ -97,7 +97,7 @@ def test_one_signed_webhook_per_qualifying_result_and_none_below_the_minimum_pri
     assert document["accession_number"] == "ACC-0001"
     assert document["model"] == {"name": "lung-nodule-ct", "version": "1.1.0"}
     assert document["priority"]["suggested"] == "HIGH"
-    assert [f["number"] for f in document["findings"]] == [1, 2]
+    assert [(f["number"], f["name"]) for f in document["findings"]] == [(1, "Nodule 1"), (2, "Nodule 2")]
     first = document["findings"][0]
     assert first["measurements"]["volume_mm3"] == 523.6
     assert first["confidence"] == {"mean": 0.91, "max": 0.98}
@@ -132,7 +132,7 @@ def test_an_oru_r01_over_mllp_parses_back_with_an_obx_per_finding_and_is_acknowl
     assert len(obx) == 1 + 2  # the suggested priority, then one per finding
     assert str(obx[0](3)).startswith("PRIORITY^") and str(obx[0](5)) == "HIGH^HIGH^L"
     assert [str(o(4)) for o in obx[1:]] == ["1", "2"]
-    assert "volume 523.6 mm3" in str(obx[1](5)) and "confidence 0.91 (max 0.98)" in str(obx[1](5))
+    assert str(obx[1](5)).startswith("Nodule 1: volume 523.6 mm3") and "confidence 0.91 (max 0.98)" in str(obx[1](5))
     with pytest.raises(KeyError):
         message.segment("PID")  # no patient identity unless the config asks for it
     assert PATIENT_NAME not in engine.raw[0] and PATIENT_NAME not in caplog.text
