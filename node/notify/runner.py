@@ -28,7 +28,7 @@ from node.audit import AuditTrail
 from node.config import NodeConfig
 from node.config.notify import NotifyTarget
 from node.jobs import Job, JobError, JobState, JobStore, LeaseLostError
-from node.notify.jobs import idempotency_key, notify_kind
+from node.notify.jobs import NOTIFY_KIND_PREFIX, idempotency_key, notify_kind
 from node.notify.mllp import send_message
 from node.notify.oru import control_id, oru_r01
 from node.notify.outcome import Delivery, ResultUnreadableError, Verdict
@@ -80,11 +80,32 @@ class Notifier:
         """Start one thread per target (none without ``[[notify]]``)."""
         if self._threads:
             raise RuntimeError("the notifier is already started")
+        self._warn_unserved()
         for target in self.config.notify:
             thread = threading.Thread(target=self._loop, args=(target,), name=f"notify-{target.name}", daemon=True)
             self._threads.append(thread)
             thread.start()
             log.info("notifying %s (%s) of results from priority %s", target.name, target.kind, target.min_priority)
+
+    def _warn_unserved(self) -> None:
+        """Say so when notifications wait for a target the config no longer has: nothing would deliver them."""
+        served = {notify_kind(target.name) for target in self.config.notify}
+        try:
+            counts = self.jobs.counts()
+        except JobError as exc:
+            log.warning("cannot count the waiting notifications: %s", exc)
+            return
+        waiting: dict[str, int] = {}
+        for (kind, state), count in counts.items():
+            if kind.startswith(NOTIFY_KIND_PREFIX) and kind not in served and state.live:
+                waiting[kind] = waiting.get(kind, 0) + count
+        for kind, count in sorted(waiting.items()):
+            log.warning(
+                "%d notifications wait for notify target '%s', which the config no longer has: they stay queued "
+                "until it is configured again ('pacs-node jobs' lists them)",
+                count,
+                kind.removeprefix(NOTIFY_KIND_PREFIX),
+            )
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the threads to end (set ``stop`` first); ``True`` if all have ended within ``timeout``."""

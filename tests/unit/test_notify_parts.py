@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 from datetime import datetime
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from node.config import parse_config
 from node.config.notify import PRIORITIES
 from node.errors import ConfigError
 from node.jobs import JobStore
-from node.notify import notify_jobs
+from node.notify import Notifier, notify_jobs
 from node.notify.oru import control_id, escape, oru_r01
 from node.notify.payload import read_result
 from tests.notify_fixtures import finding, hl7_target, make_result, node_config, webhook
@@ -84,6 +86,23 @@ def test_a_result_notifies_the_targets_whose_minimum_priority_it_reaches(tmp_pat
             ids = jobs.enqueue_many(new)
             assert {jobs.get(i).study for i in ids} == {study}  # type: ignore[union-attr]
         assert notify_jobs((), tmp_path, files, "lung-nodule-ct") == []
+
+
+def test_notifications_for_a_target_no_longer_configured_are_reported_at_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with JobStore(tmp_path / "jobs.sqlite3") as jobs:
+        _, files = make_result(tmp_path, jobs, "HIGH", [finding(1)])
+        jobs.enqueue_many(
+            notify_jobs(node_config(tmp_path, webhook("gone", "https://x.example/")).notify, tmp_path, files, "m")
+        )
+        stop = threading.Event()
+        notifier = Notifier(node_config(tmp_path, ""), jobs, stop)
+        with caplog.at_level(logging.WARNING, logger="node.notify.runner"):
+            notifier.start()
+        stop.set()
+        assert notifier.join(5)
+    assert "1 notifications wait for notify target 'gone', which the config no longer has" in caplog.text
 
 
 def test_oru_r01_escapes_values_and_leaves_out_pid_by_default(tmp_path: Path) -> None:
