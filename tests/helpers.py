@@ -114,6 +114,9 @@ category = {{ scheme = "SCT", value = "49755003", meaning = "Morphologically Abn
 type = {{ scheme = "SCT", value = "27925004", meaning = "Nodule" }}
 findings = true
 
+[anatomy]
+region = {{ scheme = "SCT", value = "51185008", meaning = "Thorax" }}
+
 [triage]
 rules = [{{ label = "Bright", min_diameter_mm = 6.0, priority = "HIGH" }}]
 {extra}

@@ -64,13 +64,25 @@ class Window(BaseModel):
 
 
 class InputSpec(BaseModel):
+    """What the network is fed. Images: ``kind`` "2d" or "3d" with size, spacing and window. Waveforms
+    (ECG): ``kind = "waveform"`` with leads, sampling rate and window length (node/analyse/ecg/rhythm.py)."""
+
     model_config = _STRICT
-    kind: Literal["2d", "3d"] = "2d"
+    kind: Literal["2d", "3d", "waveform"] = "2d"
     # 2d: (rows, columns) the network sees; 3d: (slices, rows, columns) of one sliding-window patch.
-    size: tuple[int, ...] = Field(min_length=2, max_length=3)
+    size: tuple[int, ...] = Field(default=(), max_length=3)
     # Target spacing in mm: 2d (row, column); 3d (slice, row, column).
-    spacing_mm: tuple[float, ...] = Field(min_length=2, max_length=3)
-    window: Window
+    spacing_mm: tuple[float, ...] = Field(default=(), max_length=3)
+    # Required for images (checked below); the default only keeps the type simple for waveforms.
+    window: Window = Window(center=0.0, width=1.0)
+    # Waveforms: the leads fed in this order, the rate every lead is resampled to, the recording's
+    # rate below which it is refused, the seconds the network sees, and whether a channel of detected
+    # beats follows the leads.
+    leads: tuple[str, ...] = ()
+    sampling_rate_hz: float = Field(default=0.0, ge=0)
+    min_sampling_rate_hz: float = Field(default=0.0, ge=0)
+    window_s: float = Field(default=0.0, ge=0)
+    beat_channel: bool = False
     denoise: Literal["none", "gaussian", "bilateral"] = "none"
     denoise_sigma: float = Field(default=0.8, gt=0)
     clahe: bool = False
@@ -86,6 +98,16 @@ class InputSpec(BaseModel):
 
     @model_validator(mode="after")
     def _dims_match(self) -> InputSpec:
+        if self.kind == "waveform":
+            if not self.leads or self.sampling_rate_hz <= 0 or self.window_s <= 0:
+                raise ValueError("input kind 'waveform' needs leads, sampling_rate_hz > 0 and window_s > 0")
+            if self.size or self.spacing_mm or "window" in self.model_fields_set:
+                raise ValueError("input.size, input.spacing_mm and input.window are for images, not waveforms")
+            return self
+        if self.leads or self.window_s or self.sampling_rate_hz or self.beat_channel:
+            raise ValueError("input.leads, sampling_rate_hz, window_s and beat_channel are for kind 'waveform'")
+        if "window" not in self.model_fields_set:
+            raise ValueError("input.window: required for image models (center and width)")
         dims = 2 if self.kind == "2d" else 3
         if len(self.size) != dims or len(self.spacing_mm) != dims:
             raise ValueError(f"input.size and input.spacing_mm need {dims} numbers for kind = '{self.kind}'")
@@ -95,6 +117,8 @@ class InputSpec(BaseModel):
 
     @property
     def channels(self) -> int:
+        if self.kind == "waveform":
+            return len(self.leads) + int(self.beat_channel)
         return 1 + 2 * self.context_slices
 
 
@@ -145,13 +169,31 @@ class Outputs(BaseModel):
     sc: bool = False
 
 
+class Anatomy(BaseModel):
+    """Where the model looks: stated in every SEG (Frame Anatomy: region and laterality).
+
+    ``laterality``: R (right), L (left), B (both sides of a paired structure) or U (unpaired, e.g. the
+    thorax as a whole).
+    """
+
+    model_config = _STRICT
+    region: Code
+    laterality: Literal["R", "L", "B", "U"] = "U"
+
+
 class TriageRule(BaseModel):
-    """If a finding of ``label`` reaches ``min_diameter_mm`` (and ``min_volume_mm3``), suggest ``priority``."""
+    """If a finding of ``label`` reaches ``min_diameter_mm`` (and ``min_volume_mm3``), suggest ``priority``.
+
+    Waveform models classify a whole recording: the rule fires when ``label`` is the rhythm found and the
+    heart rate is above ``heart_rate_above_bpm`` or below ``heart_rate_below_bpm`` (when given).
+    """
 
     model_config = _STRICT
     label: str
     min_diameter_mm: float = Field(default=0.0, ge=0)
     min_volume_mm3: float = Field(default=0.0, ge=0)
+    heart_rate_above_bpm: float | None = Field(default=None, ge=0)
+    heart_rate_below_bpm: float | None = Field(default=None, ge=0)
     priority: Priority
 
 
@@ -171,6 +213,7 @@ class ModelCard(BaseModel):
     output: OutputSpec = OutputSpec()
     labels: tuple[Label, ...] = Field(min_length=1)
     outputs: Outputs = Outputs()
+    anatomy: Anatomy | None = None
     triage: Triage = Triage()
     # Written by the training script and by `models evaluate --write-card`: how it was made, how it does.
     training: dict[str, float | int | str] = Field(default_factory=dict)
@@ -186,6 +229,11 @@ class ModelCard(BaseModel):
         for rule in self.triage.rules:
             if rule.label not in names:
                 raise ValueError(f"triage.rules: label '{rule.label}' is not one of {sorted(names)}")
+        if self.outputs.seg and self.anatomy is None:
+            raise ValueError(
+                "anatomy: required when outputs.seg = true (every SEG states its anatomic region), e.g. "
+                '[anatomy] region = { scheme = "SCT", value = "51185008", meaning = "Thorax" } and laterality = "U"'
+            )
         return self
 
     @property

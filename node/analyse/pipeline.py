@@ -37,10 +37,10 @@ def refusal(volume: Volume, card: ModelCard) -> str | None:
 def analyse(volume: Volume, model: Model, progress: Progress | None = None) -> AnalysisResult:
     """Segment, clean, measure and triage one volume (the caller has checked :func:`refusal`)."""
     card = model.card
-    labels = model.segment(volume, progress)
+    labels, confidence = model.segment_with_confidence(volume, progress)
     started = time.perf_counter()
     postprocess.clean(labels, card, volume)
-    found = measure.findings(labels, card, volume)
+    found = measure.findings(labels, card, volume, confidence)
     priority, reason = measure.triage(found, card)
     model.timings["postprocess"] += time.perf_counter() - started
     present = {label.index: bool((labels == label.index).any()) for label in card.labels}

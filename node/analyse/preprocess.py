@@ -8,7 +8,7 @@ training script uses these same functions, so the network sees at run time exact
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -119,8 +119,12 @@ def labels_from_model(
     interpolation: str,
     values: NDArray[np.uint8],
     thresholds: Sequence[float],
+    keep: Mapping[int, NDArray[np.uint8]] | None = None,
 ) -> NDArray[np.uint8]:
     """Class probabilities (classes, rows, cols) on the model grid -> labels on the source grid.
+
+    ``keep`` maps a channel to a uint8 plane (source grid) that receives that channel's probability
+    resized to the source grid, as round(255 p): what the analysis keeps to state its confidence.
 
     The same decision as resizing every channel with :func:`resize_back` and taking the argmax (first
     class wins a tie), then giving channel ``c`` wherever its probability reaches ``thresholds[c - 1]``
@@ -147,6 +151,8 @@ def labels_from_model(
         plane = np.asarray(cv2.resize(canvas, size, interpolation=flag), np.float32)
         if c > 0 and thresholds[c - 1] > 0:
             kept[c] = plane
+        if keep is not None and c in keep:
+            cv2.convertScaleAbs(plane, dst=keep[c], alpha=255.0)  # saturates to 0..255, rounds
         if best is None:
             best = plane
             continue

@@ -104,19 +104,45 @@ class Model:
 
     def segment(self, volume: Volume, progress: Progress | None = None) -> NDArray[np.uint8]:
         """Label volume (uint8, source grid, values = card label indices) for ``volume``."""
+        return self.segment_with_confidence(volume, progress)[0]
+
+    def segment_with_confidence(
+        self, volume: Volume, progress: Progress | None = None
+    ) -> tuple[NDArray[np.uint8], dict[int, NDArray[np.uint8]]]:
+        """The label volume and, per label that reports findings, its probability on the source grid.
+
+        Probabilities are kept as uint8 (round(255 p), one byte a voxel): enough to state a finding's
+        mean and maximum confidence to 0.4 %, a quarter of the memory of float32.
+        """
+        confidence = {label.index: np.zeros(volume.shape, np.uint8) for label in self.card.labels if label.findings}
         if self.card.input.kind == "2d":
-            return self._segment_2d(volume, progress)
-        return self._segment_3d(volume, progress)
+            labels = self._segment_2d(volume, progress, confidence)
+        else:
+            labels = self._segment_3d(volume, progress, confidence)
+        return labels, confidence
 
     def _label_values(self) -> NDArray[np.uint8]:
         return np.array([0] + [label.index for label in self.card.labels], dtype=np.uint8)
 
-    def _labels(self, probabilities: NDArray[np.float32], plan: Plan2D) -> NDArray[np.uint8]:
-        """Labels on the source grid: argmax, then each label's threshold if it has one."""
+    def _labels(
+        self,
+        probabilities: NDArray[np.float32],
+        plan: Plan2D,
+        confidence: dict[int, NDArray[np.uint8]],
+        k: int,
+    ) -> NDArray[np.uint8]:
+        """Labels of slice ``k`` on the source grid: argmax, then each label's threshold if it has one;
+        the probabilities of the labels in ``confidence`` go to their slice ``k``."""
         thresholds = [label.threshold for label in self.card.labels]
-        return labels_from_model(probabilities, plan, self.card.output.resize_back, self._values, thresholds)
+        # Channel c is the card's label c - 1 (channel 0 is background).
+        keep = {
+            c: confidence[label.index][k] for c, label in enumerate(self.card.labels, 1) if label.index in confidence
+        }
+        return labels_from_model(probabilities, plan, self.card.output.resize_back, self._values, thresholds, keep)
 
-    def _segment_2d(self, volume: Volume, progress: Progress | None) -> NDArray[np.uint8]:
+    def _segment_2d(
+        self, volume: Volume, progress: Progress | None, confidence: dict[int, NDArray[np.uint8]]
+    ) -> NDArray[np.uint8]:
         spec = self.card.input
         plan = plan_2d(volume.shape[1:], (volume.spacing[1], volume.spacing[2]), spec)
         out = np.empty(volume.shape, np.uint8)
@@ -146,7 +172,7 @@ class Model:
                 t0 = time.perf_counter()
 
                 def decide(n: int, start: int = start, raw: NDArray[np.float32] = raw) -> None:
-                    out[start + n] = self._labels(self.activate(raw[n : n + 1])[0], plan)
+                    out[start + n] = self._labels(self.activate(raw[n : n + 1])[0], plan, confidence, start + n)
 
                 list(pool.map(decide, range(stop - start)))
                 self.timings["resize_back"] += time.perf_counter() - t0
@@ -154,7 +180,9 @@ class Model:
                     progress(stop, total)
         return out
 
-    def _segment_3d(self, volume: Volume, progress: Progress | None) -> NDArray[np.uint8]:
+    def _segment_3d(
+        self, volume: Volume, progress: Progress | None, confidence: dict[int, NDArray[np.uint8]]
+    ) -> NDArray[np.uint8]:
         spec = self.card.input
         patch = tuple(int(s) for s in spec.size)
         plan = plan_2d(volume.shape[1:], (volume.spacing[1], volume.spacing[2]), spec)
@@ -179,7 +207,7 @@ class Model:
             d1 = min(d0 + 1, depth - 1)
             w = np.float32(z - d0)
             p = probs[:, d0] * (1 - w) + probs[:, d1] * w
-            out[k] = self._labels(p, full)
+            out[k] = self._labels(p, full, confidence, k)
         return out
 
     def _sliding_window(

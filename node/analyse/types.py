@@ -109,6 +109,23 @@ class Finding:
     centroid_mm: tuple[float, float, float]
     mean_value: float
     slice_indices: tuple[int, ...]
+    # The model's probability of the label inside the finding (0..1): mean and maximum over its voxels;
+    # None where the analysis had no probabilities (a finding made from a label map alone).
+    confidence_mean: float | None = None
+    confidence_max: float | None = None
+    # The slice through the largest cross-section: its index in the volume, the position of that slice
+    # along the patient z axis (mm) and the finding's area on it (mm2). -1 when not known.
+    key_slice: int = -1
+    key_slice_z_mm: float = 0.0
+    key_slice_area_mm2: float = 0.0
+    # Where the finding is: a box in the volume and the finding's voxels inside it (the SEG's segment).
+    box: tuple[slice, slice, slice] | None = field(default=None, compare=False, repr=False)
+    mask: NDArray[np.bool_] | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def tracking_id(self) -> str:
+        """The name that SEG segment, SR group, findings.json and summary share, e.g. "Nodule 2"."""
+        return f"{self.label_name} {self.number}"
 
 
 @dataclass(frozen=True, eq=False)

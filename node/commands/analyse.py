@@ -38,9 +38,10 @@ def _summary(result: AnalysisResult, seconds: float) -> list[str]:
         lines.append("  no findings")
     for f in result.findings:
         x, y, z = f.centroid_mm
+        confidence = f", confidence {f.confidence_mean:.2f}" if f.confidence_mean is not None else ""
         lines.append(
-            f"  {f.label_name} {f.number}: {f.longest_axial_diameter_mm:.1f} mm, {f.volume_mm3:.0f} mm3, "
-            f"mean {f.mean_value:.0f} HU, at ({x:.1f}, {y:.1f}, {z:.1f}) mm"
+            f"  {f.tracking_id}: {f.longest_axial_diameter_mm:.1f} mm, {f.volume_mm3:.0f} mm3, "
+            f"mean {f.mean_value:.0f} HU, at ({x:.1f}, {y:.1f}, {z:.1f}) mm, key slice {f.key_slice + 1}{confidence}"
         )
     lines.append(f"  suggested priority: {result.priority} ({result.priority_reason})")
     return lines
@@ -86,7 +87,9 @@ def run(args: argparse.Namespace) -> int:
         out_dir = args.out / uid
         paths_out = write_datasets(datasets, out_dir)
         summary_path = out_dir / "findings.json"
-        summary_path.write_text(json.dumps(findings_json(result, paths_out), indent=2) + "\n", encoding="utf-8")
+        summary_path.write_text(
+            json.dumps(findings_json(result, card, datasets, paths_out), indent=2) + "\n", encoding="utf-8"
+        )
         for line in _summary(result, time.monotonic() - started):
             print(line)
         for path in [*paths_out, summary_path]:

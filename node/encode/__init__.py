@@ -26,7 +26,7 @@ from node.analyse.types import AnalysisResult
 from node.encode import iod_lookup
 from node.encode.provenance import Equipment, device_uid
 from node.encode.sc import build_sc
-from node.encode.seg import build_seg, segment_numbers
+from node.encode.seg import build_seg, segment_layout
 from node.encode.sr import build_sr
 
 __all__ = [
@@ -36,7 +36,7 @@ __all__ = [
     "build_sr",
     "device_uid",
     "encode_results",
-    "segment_numbers",
+    "segment_layout",
     "write_datasets",
 ]
 

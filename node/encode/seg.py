@@ -1,9 +1,18 @@
-"""DICOM Segmentation (SEG) of a label map: one binary segment per card label, empty frames omitted.
+"""DICOM Segmentation (SEG) of an analysis result: one segment per finding, one per other label.
 
-Segment numbers follow the order of the labels in the card (first label = segment 1), whatever their
-label index, and every card label gets a segment even when it is absent from this volume (it then has no
-frames). Numbering therefore depends only on the card: segment *n* means the same thing in every SEG of
-one model, and the SR can point at a segment without searching the SEG. Absence is also stated in the SR.
+Segments, in this order (see :func:`segment_layout`):
+
+1. each card label that does not report findings (an organ: "Lung"), in card order, even when it is
+   absent from this volume (it then has no frames: absence is also stated in the SR);
+2. each finding, label by label in card order, in finding number order (largest first): "Nodule 1",
+   "Nodule 2", ... with the label's coded category and type and a Tracking UID that the finding's SR
+   measurement group shares, so a viewer can tell the outlines apart and link each to its figures.
+
+Organ segment numbers therefore depend only on the card; finding segments follow them.
+
+Laterality: the General Series Laterality is conditional on a paired body part; pixelmed asks for it
+and dciodvfy rejects an empty one for an unpaired region. A Frame Anatomy Sequence in the shared
+functional groups (the card's anatomic region and laterality) satisfies both.
 
 Source images are the per-slice headers of the volume without Pixel Data: highdicom needs only their
 geometry and identifiers (Rows, Columns, Pixel Spacing, orientation, position, UIDs) to derive the
@@ -18,6 +27,8 @@ cold comparison): highdicom then matches every plane against every source positi
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 import highdicom as hd
@@ -26,8 +37,8 @@ from numpy.typing import NDArray
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from node.analyse.card import ModelCard
-from node.analyse.types import AnalysisResult, Volume
+from node.analyse.card import Label, ModelCard
+from node.analyse.types import AnalysisResult, Finding, Volume
 from node.encode.provenance import Equipment, add_algorithm_equipment, algorithm_identification, coded
 from node.encode.sources import complete_type2
 from node.errors import EncodeError
@@ -37,50 +48,98 @@ log = logging.getLogger(__name__)
 _LO_MAX = 64
 
 
-def segment_numbers(card: ModelCard) -> dict[int, int]:
-    """Map card label index -> SEG segment number (1-based position of the label in the card)."""
-    return {label.index: number for number, label in enumerate(card.labels, start=1)}
+@dataclass(frozen=True)
+class Segment:
+    """One segment of the SEG: a card label, or one finding of a label that reports findings."""
+
+    number: int
+    label: Label
+    finding: Finding | None = None
+    tracking_uid: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.finding.tracking_id if self.finding is not None else self.label.name
 
 
-def segment_label_map(labels: NDArray[np.uint8], card: ModelCard) -> NDArray[np.uint8]:
-    """Relabel a label map from card label indices to segment numbers (0 stays background).
+def segment_layout(card: ModelCard, findings: Sequence[Finding]) -> list[Segment]:
+    """The segments of a SEG for ``findings`` under ``card``, numbered from 1 (see the module docstring).
+
+    Finding segments get a new Tracking UID each.
+    """
+    segments = [Segment(0, label) for label in card.labels if not label.findings]
+    for label in card.labels:
+        if label.findings:
+            own = sorted((f for f in findings if f.label == label.index), key=lambda f: f.number)
+            segments += [Segment(0, label, f, generate_uid(prefix=None)) for f in own]
+    return [replace(segment, number=n) for n, segment in enumerate(segments, start=1)]
+
+
+def segment_label_map(labels: NDArray[np.uint8], card: ModelCard, segments: Sequence[Segment]) -> NDArray[np.integer]:
+    """The label map with segment numbers as values: organ labels through a table, findings painted
+    from their own masks (0 stays background).
 
     Raises
     ------
     EncodeError
-        If the map holds a value that is no label of the card.
+        If the map holds a value that is no label of the card, or a finding has no mask.
     """
-    numbers = segment_numbers(card)
+    known = {label.index for label in card.labels}
     # Cheap check first (one pass for the maximum): every value up to the maximum is a card label.
     top = int(labels.max(initial=0))
-    if not set(range(1, top + 1)) <= numbers.keys():
+    if not set(range(1, top + 1)) <= known:
         # A value the card does not know would silently vanish through the table below: name it.
         counts = np.bincount(labels.ravel(), minlength=256)
-        unknown = [v for v in np.flatnonzero(counts).tolist() if v and v not in numbers]
+        unknown = [v for v in np.flatnonzero(counts).tolist() if v and v not in known]
         if unknown:
             raise EncodeError(f"label map holds values {unknown} that model '{card.model.name}' does not define")
-    if all(index == number for index, number in numbers.items()):
-        return labels  # the usual case: labels 1..n in card order, no copy needed
-    lut = np.zeros(256, dtype=np.uint8)
-    for index, number in numbers.items():
-        lut[index] = number
-    return lut[labels]
+    dtype = np.uint8 if len(segments) <= 255 else np.uint16
+    lut = np.zeros(256, dtype=dtype)
+    for segment in segments:
+        if segment.finding is None:
+            lut[segment.label.index] = segment.number
+    pixels: NDArray[np.integer] = np.asarray(lut[labels])
+    for segment in segments:
+        finding = segment.finding
+        if finding is None:
+            continue
+        if finding.box is None or finding.mask is None:
+            raise EncodeError(f"finding {finding.tracking_id} has no mask: its segment cannot be drawn")
+        pixels[finding.box][finding.mask] = segment.number
+    return pixels
 
 
-def _segment_descriptions(card: ModelCard) -> list[hd.seg.SegmentDescription]:
+def _segment_descriptions(card: ModelCard, segments: Sequence[Segment]) -> list[hd.seg.SegmentDescription]:
     algorithm = algorithm_identification(card)
     return [
         hd.seg.SegmentDescription(
-            segment_number=number,
-            segment_label=label.name,
-            segmented_property_category=coded(label.category),
-            segmented_property_type=coded(label.type),
+            segment_number=segment.number,
+            segment_label=segment.name[:_LO_MAX],
+            segmented_property_category=coded(segment.label.category),
+            segmented_property_type=coded(segment.label.type),
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm,
-            display_color=hd.color.CIELabColor.from_rgb(*label.colour),
+            tracking_uid=segment.tracking_uid,
+            tracking_id=segment.name[:_LO_MAX] if segment.tracking_uid else None,
+            display_color=hd.color.CIELabColor.from_rgb(*segment.label.colour),
         )
-        for number, label in enumerate(card.labels, start=1)
+        for segment in segments
     ]
+
+
+def _frame_anatomy(card: ModelCard) -> Dataset:
+    """Frame Anatomy Sequence item: the card's anatomic region and laterality (see the module docstring)."""
+    anatomy = card.anatomy
+    if anatomy is None:  # the card validator requires it when outputs.seg is set
+        raise EncodeError(f"model '{card.model.name}' has no [anatomy] in its card: a SEG needs its region")
+    region = Dataset()
+    region.CodeValue = anatomy.region.value
+    region.CodingSchemeDesignator = anatomy.region.scheme
+    region.CodeMeaning = anatomy.region.meaning
+    item = Dataset()
+    item.AnatomicRegionSequence = [region]
+    item.FrameLaterality = anatomy.laterality
+    return item
 
 
 def build_seg(
@@ -132,7 +191,8 @@ def build_seg(
         raise EncodeError("no label is present in the volume: there is nothing to segment")
     equipment = equipment or Equipment()
     when = when or datetime.now().astimezone()
-    pixels = segment_label_map(np.ascontiguousarray(result.labels, dtype=np.uint8), card)
+    segments = segment_layout(card, result.findings)
+    pixels = segment_label_map(np.ascontiguousarray(result.labels, dtype=np.uint8), card, segments)
     description = f"{card.model.name} {card.model.version}"[:_LO_MAX]
     complete_type2(volume.headers)
     _complete_geometry(volume)
@@ -141,7 +201,7 @@ def build_seg(
             source_images=list(volume.headers),
             pixel_array=pixels,
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-            segment_descriptions=_segment_descriptions(card),
+            segment_descriptions=_segment_descriptions(card, segments),
             series_instance_uid=generate_uid(prefix=None),
             series_number=series_number,
             sop_instance_uid=generate_uid(prefix=None),
@@ -154,6 +214,7 @@ def build_seg(
         )
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
         raise EncodeError(f"cannot create SEG for model '{card.model.name}': {exc}") from exc
+    seg.SharedFunctionalGroupsSequence[0].FrameAnatomySequence = [_frame_anatomy(card)]
     add_algorithm_equipment(seg, card, when)
     log.info("SEG built: %d segments, %d frames", len(seg.SegmentSequence), seg.NumberOfFrames)
     return seg

@@ -1,17 +1,25 @@
 """Comprehensive 3D SR with a TID 1500 Measurement Report of one analysis result.
 
-Content tree (all groups carry the TID 4019 algorithm identification of the model)::
+Content tree (every measurement group carries the TID 4019 algorithm identification of the model)::
 
     Imaging Measurement Report (TID 1500)
       observation context: device observer = the algorithm (Device UID from provenance)
       procedure reported: "<modality> unspecified body region" (CID 100), by the volume's modality
       Imaging Measurements
-        per finding    TID 1411 volumetric group: tracking id/UID, Finding Category/Finding (card codes),
-                       Referenced Segment (SEG segment + the finding's source slices), Volume, Long axis,
-                       mean value (CT: attenuation coefficient in HU; MR: signal intensity)
+        per finding    TID 1411 volumetric group: tracking id/UID (the same as the finding's own SEG
+                       segment), Finding Category/Finding (card codes), Referenced Segment (that segment
+                       + the finding's source slices), Volume, Long axis, mean value (CT: attenuation
+                       coefficient in HU; MR: signal intensity)
                        (TID 1501 with source images instead, when no SEG was written)
-        per card label TID 1501 group: Finding = label type, Presence of property = Present / Absent
-        once           TID 1501 group: Priority = suggested reading priority, Comment = its reason
+      Qualitative Evaluations (TID 1500 rows 12-14)
+        per card label CODE: concept = the label's type (e.g. Nodule), value = Present / Absent
+        once           CODE: Priority = suggested reading priority; TEXT: Comment = its reason
+
+Statements about the whole series (presence, priority) have no region, so they are not TID 1411 groups;
+they sit in the report's own Qualitative Evaluations container rather than in TID 1501 groups beside the
+TID 1411 ones, because pixelmed's validator checks every group of one Imaging Measurements container
+against a single template (TID 1411 as soon as one group references a segment) and reports each TID 1501
+group there as a TID 1411 group without a region; dciodvfy accepts both forms.
 
 Codes and why:
 
@@ -21,9 +29,9 @@ Codes and why:
 - Mean value: (DCM 112031 "Attenuation Coefficient") in [hnsf'U] for CT, (DCM 110852 "MR signal
   intensity") without unit for MR, each with Derivation (SCT 373098007 "Mean"), the TID 1419 pattern.
   Other modalities get no mean value.
-- Presence: (DCM 121052 "Presence of property") = (SCT 52101004 "Present") / (SCT 272519000 "Absent"),
-  the values of CID 240 "Present-Absent" as the installed DICOM dictionary defines it. The label
-  being evaluated is the group's Finding (DCM 121071), so the concept name itself stays fixed.
+- Presence: the label's type code (e.g. SCT 27925004 "Nodule") = (SCT 52101004 "Present") / (SCT
+  272519000 "Absent"), the values of CID 240 "Present-Absent" as the installed DICOM dictionary defines
+  it. TID 1500 row 13 takes any concept name, so the label itself is the question.
 - Priority: (SCT 260870009 "Priority") whose value is the DICOM Requested Procedure Priority defined
   term (STAT, HIGH, MEDIUM, ROUTINE, LOW). No standard code set holds exactly these terms, so they are
   coded in a private scheme "99PACSNODE" declared in the Coding Scheme Identification Sequence. The
@@ -35,6 +43,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 import highdicom as hd
@@ -45,7 +54,7 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
-from node.analyse.card import Label, ModelCard
+from node.analyse.card import ModelCard
 from node.analyse.types import AnalysisResult, Finding, Priority
 from node.encode.provenance import (
     Equipment,
@@ -54,7 +63,7 @@ from node.encode.provenance import (
     device_uid,
     sr_algorithm_identification,
 )
-from node.encode.seg import frames_by_segment, segment_numbers
+from node.encode.seg import frames_by_segment
 from node.encode.sources import complete_type2
 from node.errors import EncodeError
 
@@ -62,10 +71,11 @@ log = logging.getLogger(__name__)
 
 PRIORITY_SCHEME = "99PACSNODE"
 PRIORITY_CONCEPT = codes.SCT.Priority  # (SCT 260870009), meaning "Priority (attribute)"
-PRESENCE_CONCEPT = codes.DCM.PresenceOfProperty  # (DCM 121052)
 PRESENT = codes.cid240.Present  # (SCT 52101004)
 ABSENT = codes.cid240.Absent  # (SCT 272519000)
 COMMENT = codes.DCM.Comment  # (DCM 121106)
+IMAGING_MEASUREMENTS = "126010"  # (DCM 126010) "Imaging Measurements", TID 1500 row 6
+QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")  # TID 1500 row 12
 VOLUME = codes.SCT.Volume  # (SCT 118565006)
 LONG_AXIS = codes.SCT.LongAxis  # (SCT 103339001)
 MEAN = codes.SCT.Mean  # (SCT 373098007), used as derivation
@@ -135,18 +145,15 @@ def _referenced_segment(
     finding: Finding,
     frames: dict[int, dict[int, int]],
 ) -> hd.sr.ReferencedSegment:
-    """Point at ``segment`` of the SEG and at the source slices that hold this finding.
+    """Point at the finding's own ``segment`` of the SEG and at the source slices that hold it.
 
     Frame numbers are left out on purpose: the SOP Instance Reference macro allows Referenced Frame
-    Number or Referenced Segment Number, not both (dciodvfy reports an error otherwise). The source
-    slices name the part of the segment that is this finding.
+    Number or Referenced Segment Number, not both (dciodvfy reports an error otherwise).
     """
     by_slice = frames.get(segment, {})
     slices = [k for k in finding.slice_indices if k in by_slice]
     if not slices:
-        raise EncodeError(
-            f"finding {finding.label_name} {finding.number}: SEG segment {segment} has no frame on its slices"
-        )
+        raise EncodeError(f"finding {finding.tracking_id}: SEG segment {segment} has no frame on its slices")
     return hd.sr.ReferencedSegment(
         sop_class_uid=seg.SOPClassUID,
         sop_instance_uid=seg.SOPInstanceUID,
@@ -163,19 +170,19 @@ def _finding_group(
     finding: Finding,
     seg: Dataset | None,
     frames: dict[int, dict[int, int]],
+    segments: dict[str, SegmentRef],
 ) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations | hd.sr.MeasurementsAndQualitativeEvaluations:
     try:
         label = card.label(finding.label)
     except KeyError as exc:
         raise EncodeError(f"finding of label {finding.label} that model '{card.model.name}' does not define") from exc
-    tracking = hd.sr.TrackingIdentifier(
-        uid=generate_uid(prefix=None), identifier=f"{label.name} {finding.number}"[:_LO_MAX]
-    )
     measurements = _measurements(finding, result.volume.modality)
     if seg is None:
         # Without a SEG there is no segment to point at: a TID 1501 group names the source slices.
         return hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=tracking,
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=generate_uid(prefix=None), identifier=finding.tracking_id[:_LO_MAX]
+            ),
             finding_category=coded(label.category),
             finding_type=coded(label.type),
             algorithm_id=sr_algorithm_identification(card),
@@ -185,10 +192,11 @@ def _finding_group(
                 for h in _source_images(result, finding.slice_indices)
             ],
         )
-    segment = segment_numbers(card)[label.index]
+    ref = segments[finding.tracking_id]
     return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=tracking,
-        referenced_segment=_referenced_segment(result, seg, segment, finding, frames),
+        # The segment's own tracking identity: a viewer links this group to that outline.
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=ref.tracking_uid, identifier=finding.tracking_id[:_LO_MAX]),
+        referenced_segment=_referenced_segment(result, seg, ref.number, finding, frames),
         finding_category=coded(label.category),
         finding_type=coded(label.type),
         algorithm_id=sr_algorithm_identification(card),
@@ -196,40 +204,27 @@ def _finding_group(
     )
 
 
-def _presence_group(label: Label, present: bool, card: ModelCard) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=generate_uid(prefix=None), identifier=f"{label.name} presence"[:_LO_MAX]
-        ),
-        finding_category=coded(label.category),
-        finding_type=coded(label.type),
-        algorithm_id=sr_algorithm_identification(card),
-        qualitative_evaluations=[
-            hd.sr.QualitativeEvaluation(name=PRESENCE_CONCEPT, value=PRESENT if present else ABSENT)
-        ],
-    )
-
-
-def _priority_group(result: AnalysisResult, card: ModelCard) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    group = hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=generate_uid(prefix=None), identifier="Suggested reading priority"
-        ),
-        algorithm_id=sr_algorithm_identification(card),
-        qualitative_evaluations=[
-            hd.sr.QualitativeEvaluation(name=PRIORITY_CONCEPT, value=priority_code(result.priority))
-        ],
+def _qualitative_evaluations(
+    result: AnalysisResult, card: ModelCard, presence: dict[int, bool]
+) -> hd.sr.ContainerContentItem:
+    """TID 1500's Qualitative Evaluations container: presence per label, the priority and its reason."""
+    contains = hd.sr.RelationshipTypeValues.CONTAINS
+    container = hd.sr.ContainerContentItem(name=QUALITATIVE_EVALUATIONS, relationship_type=contains)
+    items: list[hd.sr.ContentItem] = [
+        hd.sr.CodeContentItem(
+            name=coded(label.type), value=PRESENT if presence[label.index] else ABSENT, relationship_type=contains
+        )
+        for label in card.labels
+    ]
+    items.append(
+        hd.sr.CodeContentItem(name=PRIORITY_CONCEPT, value=priority_code(result.priority), relationship_type=contains)
     )
     if result.priority_reason:
-        # The template has no slot for free text, but a TEXT child of a CONTAINER is valid SR content.
-        group[0].ContentSequence.append(
-            hd.sr.TextContentItem(
-                name=COMMENT,
-                value=result.priority_reason[:1024],
-                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
-            )
+        items.append(
+            hd.sr.TextContentItem(name=COMMENT, value=result.priority_reason[:1024], relationship_type=contains)
         )
-    return group
+    container.ContentSequence = hd.sr.ContentSequence(items)
+    return container
 
 
 def label_presence(result: AnalysisResult, card: ModelCard) -> dict[int, bool]:
@@ -244,19 +239,49 @@ def label_presence(result: AnalysisResult, card: ModelCard) -> dict[int, bool]:
     return {label.index: presence[label.index] for label in card.labels}
 
 
-def _check_seg(seg: Dataset, result: AnalysisResult, card: ModelCard) -> None:
-    """Refuse a SEG that is not of this volume or does not number its segments as the card does."""
+def _stand_in_group(card: ModelCard) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(prefix=None), identifier="removed"),
+        algorithm_id=sr_algorithm_identification(card),
+    )
+
+
+def _concept_value(item: Dataset) -> str:
+    return str(item.ConceptNameCodeSequence[0].CodeValue)
+
+
+@dataclass(frozen=True)
+class SegmentRef:
+    """A segment of the SEG as the SR points at it."""
+
+    number: int
+    tracking_uid: str
+
+
+def _check_seg(seg: Dataset, result: AnalysisResult, card: ModelCard) -> dict[str, SegmentRef]:
+    """The finding segments of ``seg`` by tracking id ("Nodule 2"); refuse a SEG that is not of this
+    volume, lacks a segment for a finding or an organ label, or codes one differently from the card."""
     if seg.StudyInstanceUID != result.volume.study_instance_uid:
         raise EncodeError("the SEG belongs to another study than the analysed volume")
-    described = {int(item.SegmentNumber): item for item in seg.SegmentSequence}
-    for label in card.labels:
-        item = described.get(segment_numbers(card)[label.index])
+    by_name = {str(item.SegmentLabel): item for item in seg.SegmentSequence}
+    wanted = [(label.name, label) for label in card.labels if not label.findings]
+    wanted += [(f.tracking_id, card.label(f.label)) for f in result.findings]
+    refs: dict[str, SegmentRef] = {}
+    for name, label in wanted:
+        item = by_name.get(name[:_LO_MAX])
         type_code = item.SegmentedPropertyTypeCodeSequence[0] if item is not None else None
-        if type_code is None or (type_code.CodingSchemeDesignator, type_code.CodeValue) != (
-            label.type.scheme,
-            label.type.value,
+        if (
+            item is None
+            or type_code is None
+            or (type_code.CodingSchemeDesignator, type_code.CodeValue) != (label.type.scheme, label.type.value)
         ):
-            raise EncodeError(f"the SEG has no segment for label '{label.name}' where the card puts it")
+            raise EncodeError(f"the SEG has no segment '{name}' coded as the card's label '{label.name}'")
+        if label.findings:
+            uid = str(item.get("TrackingUID", "") or "")
+            if not uid:
+                raise EncodeError(f"SEG segment '{name}' has no Tracking UID for its SR group to share")
+            refs[name] = SegmentRef(int(item.SegmentNumber), uid)
+    return refs
 
 
 def build_sr(
@@ -302,8 +327,9 @@ def build_sr(
     when = when or datetime.now().astimezone()
     volume = result.volume
     frames: dict[int, dict[int, int]] = {}
+    segments: dict[str, SegmentRef] = {}
     if seg is not None:
-        _check_seg(seg, result, card)
+        segments = _check_seg(seg, result, card)
         frames = frames_by_segment(seg, {str(h.SOPInstanceUID): k for k, h in enumerate(volume.headers)})
     complete_type2(volume.headers)
     presence = label_presence(result, card)
@@ -312,9 +338,7 @@ def build_sr(
     try:
         groups: list[
             hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations | hd.sr.MeasurementsAndQualitativeEvaluations
-        ] = [_finding_group(result, card, finding, seg, frames) for finding in result.findings]
-        groups += [_presence_group(label, presence[label.index], card) for label in card.labels]
-        groups.append(_priority_group(result, card))
+        ] = [_finding_group(result, card, finding, seg, frames, segments) for finding in result.findings]
         observer = hd.sr.ObserverContext(
             observer_type=codes.DCM.Device,
             observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -327,8 +351,14 @@ def build_sr(
         report = hd.sr.MeasurementReport(
             observation_context=hd.sr.ObservationContext(observer_device_context=observer),
             procedure_reported=_PROCEDURE.get(volume.modality, codes.cid100.ImagingProcedure),
-            imaging_measurements=groups,
+            # highdicom insists on at least one measurement group, TID 1500 only on one of its three
+            # containers: with no finding, a stand-in group is removed again below.
+            imaging_measurements=groups or [_stand_in_group(card)],
         )
+        content = report[0].ContentSequence
+        if not groups:
+            del content[[_concept_value(item) for item in content].index(IMAGING_MEASUREMENTS)]
+        content.append(_qualitative_evaluations(result, card, presence))
         sr = hd.sr.Comprehensive3DSR(
             evidence=evidence,
             content=report[0],

@@ -151,7 +151,9 @@ def analyse_study(
         datasets = encode_results(result, model.card)
         out = folder / series_uid
         written = write_datasets(datasets, out)
-        (out / "findings.json").write_text(json.dumps(findings_json(result, written), indent=2) + "\n")
+        (out / "findings.json").write_text(
+            json.dumps(findings_json(result, model.card, datasets, written), indent=2) + "\n"
+        )
         for ds, path in zip(datasets, written, strict=True):
             files.append(ResultFile(str(path.relative_to(data_dir)), str(ds.SOPInstanceUID), str(ds.SOPClassUID)))
         outcome[series_uid] = f"priority {result.priority}: {result.priority_reason}"

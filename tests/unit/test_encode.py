@@ -18,12 +18,12 @@ from node.analyse.volume import load_series
 from node.encode import encode_results, write_datasets
 from node.encode.provenance import PROCESSING_ALGORITHM, device_uid
 from node.encode.sc import build_sc, key_slices
-from node.encode.seg import build_seg, segment_label_map, segment_numbers
+from node.encode.seg import build_seg, segment_label_map, segment_layout
 from node.encode.sources import TYPE2_COPIED
-from node.encode.sr import ABSENT, PRESENCE_CONCEPT, PRESENT, PRIORITY_CONCEPT, PRIORITY_SCHEME, build_sr
+from node.encode.sr import ABSENT, PRESENT, PRIORITY_CONCEPT, PRIORITY_SCHEME, QUALITATIVE_EVALUATIONS, build_sr
 from node.errors import EncodeError
 from tests.encode_fixtures import LUNG, NODULE, lung_card, make_result, write_phantom
-from tests.tools import dciodvfy
+from tests.tools import validator_errors
 
 
 def _roundtrip(ds: Dataset) -> Dataset:
@@ -86,6 +86,12 @@ def _groups(sr: hd.sr.Comprehensive3DSR) -> list[Dataset]:
     return list(imaging.ContentSequence)
 
 
+def _evaluations(sr: hd.sr.Comprehensive3DSR) -> list[Dataset]:
+    """The items of TID 1500's Qualitative Evaluations container."""
+    (container,) = [i for i in sr.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "C0034375"]
+    return list(container.ContentSequence)
+
+
 def _items(group: Dataset, scheme: str, value: str) -> list[Dataset]:
     return [i for i in group.ContentSequence if _code(i.ConceptNameCodeSequence[0]) == (scheme, value)]
 
@@ -93,12 +99,16 @@ def _items(group: Dataset, scheme: str, value: str) -> list[Dataset]:
 # SEG ----------------------------------------------------------------------------------------------
 
 
-def test_seg_segments_carry_the_card_codes_and_colours(seg: hd.seg.Segmentation, card: ModelCard) -> None:
+def test_seg_has_a_segment_per_organ_label_and_per_finding(
+    seg: hd.seg.Segmentation, card: ModelCard, result: AnalysisResult
+) -> None:
     assert seg.SegmentationType == "BINARY"
-    assert len(seg.SegmentSequence) == len(card.labels)
-    for item, label in zip(seg.SegmentSequence, card.labels, strict=True):
-        assert item.SegmentNumber == segment_numbers(card)[label.index]
-        assert item.SegmentLabel == label.name
+    lung, nodule = card.label(LUNG), card.label(NODULE)
+    expected = [(lung, "Lung")] + [(nodule, f"Nodule {f.number}") for f in result.findings]
+    assert len(seg.SegmentSequence) == len(expected) == 3
+    for number, (item, (label, name)) in enumerate(zip(seg.SegmentSequence, expected, strict=True), start=1):
+        assert item.SegmentNumber == number
+        assert item.SegmentLabel == name
         assert _code(item.SegmentedPropertyCategoryCodeSequence[0]) == (label.category.scheme, label.category.value)
         assert _code(item.SegmentedPropertyTypeCodeSequence[0]) == (label.type.scheme, label.type.value)
         assert item.SegmentAlgorithmType == "AUTOMATIC"
@@ -106,27 +116,47 @@ def test_seg_segments_carry_the_card_codes_and_colours(seg: hd.seg.Segmentation,
         assert (algorithm.AlgorithmName, algorithm.AlgorithmVersion) == (card.model.name, card.model.version)
         rgb = hd.color.CIELabColor.from_dicom_value(item.RecommendedDisplayCIELabValue).to_rgb()
         assert np.allclose(rgb, label.colour, atol=2)
+        # Findings carry a tracking identity (shared with their SR group); the organ does not.
+        assert ("TrackingUID" in item) == label.findings
+    uids = [item.TrackingUID for item in seg.SegmentSequence[1:]]
+    assert len(set(uids)) == 2
 
 
-def test_seg_pixels_equal_the_label_map_on_non_empty_slices(seg: hd.seg.Segmentation, result: AnalysisResult) -> None:
-    non_empty = np.flatnonzero(result.labels.reshape(result.labels.shape[0], -1).any(axis=1))
+def test_seg_frame_anatomy_states_the_card_region_and_laterality(seg: hd.seg.Segmentation, card: ModelCard) -> None:
+    anatomy = seg.SharedFunctionalGroupsSequence[0].FrameAnatomySequence[0]
+    assert card.anatomy is not None
+    assert anatomy.FrameLaterality == card.anatomy.laterality
+    assert _code(anatomy.AnatomicRegionSequence[0]) == (card.anatomy.region.scheme, card.anatomy.region.value)
+
+
+def _segment_map(result: AnalysisResult) -> np.ndarray:
+    """What the SEG should hold: 1 where lung, 1 + n inside finding n."""
+    expected = np.where(result.labels == LUNG, 1, 0).astype(np.uint8)
+    for finding in result.findings:
+        assert finding.box is not None and finding.mask is not None
+        expected[finding.box][finding.mask] = 1 + finding.number
+    return expected
+
+
+def test_seg_pixels_equal_the_segment_map_on_non_empty_slices(seg: hd.seg.Segmentation, result: AnalysisResult) -> None:
+    expected = _segment_map(result)
+    non_empty = np.flatnonzero(expected.reshape(expected.shape[0], -1).any(axis=1))
     # Frames only for slices where a segment is present: empty frames are omitted.
-    for number, label in ((1, LUNG), (2, NODULE)):
-        slices = np.flatnonzero((result.labels == label).reshape(result.labels.shape[0], -1).any(axis=1))
+    for number in range(1, 4):
+        slices = np.flatnonzero((expected == number).reshape(expected.shape[0], -1).any(axis=1))
         frames = [
             f
             for f in seg.PerFrameFunctionalGroupsSequence
             if f.SegmentIdentificationSequence[0].ReferencedSegmentNumber == number
         ]
-        assert len(frames) == len(slices)
-    assert seg.NumberOfFrames < 2 * result.volume.shape[0]
+        assert len(frames) == len(slices) > 0
     uids = [str(h.SOPInstanceUID) for h in result.volume.headers]
     got = seg.get_pixels_by_source_instance(
         source_sop_instance_uids=[uids[k] for k in non_empty],
         combine_segments=True,
         skip_overlap_checks=True,
     )
-    assert np.array_equal(got, result.labels[non_empty])
+    assert np.array_equal(got, expected[non_empty])
 
 
 def test_seg_is_a_new_series_in_the_source_study_and_frame(seg: hd.seg.Segmentation, result: AnalysisResult) -> None:
@@ -138,12 +168,18 @@ def test_seg_is_a_new_series_in_the_source_study_and_frame(seg: hd.seg.Segmentat
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == volume.series_instance_uid
 
 
-def test_seg_keeps_an_absent_label_as_a_segment_without_frames(volume: Volume, card: ModelCard, tmp_path: Path) -> None:
+def test_seg_without_findings_has_the_organ_segment_only(volume: Volume, card: ModelCard, tmp_path: Path) -> None:
     no_nodules = make_result(write_phantom(tmp_path, nodules=False), nodules=False)
     seg = hd.seg.Segmentation.from_dataset(_roundtrip(build_seg(no_nodules, card)))
-    assert [s.SegmentNumber for s in seg.SegmentSequence] == [1, 2]
+    assert [(s.SegmentNumber, s.SegmentLabel) for s in seg.SegmentSequence] == [(1, "Lung")]
+
+
+def test_seg_keeps_an_absent_organ_label_as_a_segment_without_frames(result: AnalysisResult, card: ModelCard) -> None:
+    no_lung = dataclasses.replace(result, labels=np.where(result.labels == LUNG, 0, result.labels).astype(np.uint8))
+    seg = hd.seg.Segmentation.from_dataset(_roundtrip(build_seg(no_lung, card)))
+    assert [s.SegmentNumber for s in seg.SegmentSequence] == [1, 2, 3]
     numbers = {f.SegmentIdentificationSequence[0].ReferencedSegmentNumber for f in seg.PerFrameFunctionalGroupsSequence}
-    assert numbers == {1}
+    assert numbers == {2, 3}
 
 
 def test_seg_refuses_an_empty_label_map_and_unknown_values(result: AnalysisResult, card: ModelCard) -> None:
@@ -151,7 +187,7 @@ def test_seg_refuses_an_empty_label_map_and_unknown_values(result: AnalysisResul
     with pytest.raises(EncodeError, match="nothing to segment"):
         build_seg(empty, card)
     with pytest.raises(EncodeError, match=r"values \[7\]"):
-        segment_label_map(np.full((2, 2, 2), 7, dtype=np.uint8), card)
+        segment_label_map(np.full((2, 2, 2), 7, dtype=np.uint8), card, segment_layout(card, ()))
 
 
 def test_seg_refuses_slices_of_one_multi_frame_source(result: AnalysisResult, card: ModelCard) -> None:
@@ -161,13 +197,26 @@ def test_seg_refuses_slices_of_one_multi_frame_source(result: AnalysisResult, ca
         build_seg(dataclasses.replace(result, volume=shared), card)
 
 
-def test_segment_numbers_follow_card_order_not_label_index(card: ModelCard) -> None:
+def test_segment_layout_puts_organs_first_then_findings_by_number(card: ModelCard, result: AnalysisResult) -> None:
     data = card.model_dump()
-    data["labels"][0]["index"], data["labels"][1]["index"] = 5, 3
+    # Nodules first in the card and with a lower index: the organ still gets segment 1.
+    data["labels"] = [data["labels"][1], data["labels"][0]]
+    data["labels"][0]["index"], data["labels"][1]["index"] = 3, 5
     shuffled = ModelCard.model_validate(data)
-    assert segment_numbers(shuffled) == {5: 1, 3: 2}
-    labels = np.array([[[0, 3, 5]]], dtype=np.uint8)
-    assert segment_label_map(labels, shuffled).tolist() == [[[0, 2, 1]]]
+    findings = [dataclasses.replace(f, label=3) for f in reversed(result.findings)]
+    layout = segment_layout(shuffled, findings)
+    assert [(s.number, s.name) for s in layout] == [(1, "Lung"), (2, "Nodule 1"), (3, "Nodule 2")]
+    assert layout[0].tracking_uid is None and layout[1].tracking_uid != layout[2].tracking_uid
+    labels = np.zeros(result.volume.shape, np.uint8)
+    labels[0, 0, 0] = 5
+    for f in findings:
+        assert f.box is not None and f.mask is not None
+        labels[f.box][f.mask] = 3
+    pixels = segment_label_map(labels, shuffled, layout)
+    assert pixels[0, 0, 0] == 1
+    for f in findings:
+        assert f.box is not None and f.mask is not None
+        assert (pixels[f.box][f.mask] == 1 + f.number).all()
 
 
 # SR -----------------------------------------------------------------------------------------------
@@ -190,37 +239,44 @@ def test_sr_has_one_volumetric_group_per_finding_with_values_and_units(
         assert by_name["112031"].unit.value == "[hnsf'U]"
 
 
-def test_sr_findings_reference_their_seg_segment_and_slices(
-    sr_pair: tuple[Dataset, hd.sr.Comprehensive3DSR], result: AnalysisResult, card: ModelCard
+def test_sr_findings_reference_their_own_seg_segment_and_slices(
+    sr_pair: tuple[Dataset, hd.sr.Comprehensive3DSR], result: AnalysisResult
 ) -> None:
     seg, sr = sr_pair
+    segments = {int(item.SegmentNumber): item for item in seg.SegmentSequence}
     uids = [str(h.SOPInstanceUID) for h in result.volume.headers]
-    for group, finding in zip(_report(sr).get_volumetric_roi_measurement_groups(), result.findings, strict=True):
+    groups = _report(sr).get_volumetric_roi_measurement_groups()
+    for group, finding in zip(groups, result.findings, strict=True):
         ref = group.referenced_segment
         assert ref is not None
         assert ref.referenced_sop_instance_uid == seg.SOPInstanceUID
-        assert ref.referenced_segment_numbers == [segment_numbers(card)[NODULE]]
+        (number,) = ref.referenced_segment_numbers
+        assert segments[number].SegmentLabel == f"Nodule {finding.number}"
+        # The group and its segment share one tracking identity.
+        assert group.tracking_uid == segments[number].TrackingUID
+        assert group.tracking_identifier == f"Nodule {finding.number}"
         sources = {s.referenced_sop_instance_uid for s in ref.source_images_for_segmentation}
         assert sources == {uids[k] for k in finding.slice_indices}
 
 
-def test_sr_reports_presence_per_label_and_the_priority(
+def test_sr_reports_presence_per_label_and_the_priority_outside_the_measurement_groups(
     sr_pair: tuple[Dataset, hd.sr.Comprehensive3DSR], result: AnalysisResult, card: ModelCard
 ) -> None:
     _, sr = sr_pair
-    groups = _groups(sr)
-    presence = {}
-    for group in groups:
-        for item in _items(group, PRESENCE_CONCEPT.scheme_designator, PRESENCE_CONCEPT.value):
-            finding = _items(group, "DCM", "121071")[0].ConceptCodeSequence[0]
-            presence[finding.CodeValue] = _code(item.ConceptCodeSequence[0])
-    assert presence == {label.type.value: ("SCT", PRESENT.value) for label in card.labels}
-    priority = [i for g in groups for i in _items(g, PRIORITY_CONCEPT.scheme_designator, PRIORITY_CONCEPT.value)]
-    assert len(priority) == 1
-    assert _code(priority[0].ConceptCodeSequence[0]) == (PRIORITY_SCHEME, result.priority.value)
-    comments = [i for g in groups for i in _items(g, "DCM", "121106")]
-    assert [c.TextValue for c in comments] == [result.priority_reason]
+    assert QUALITATIVE_EVALUATIONS.value == "C0034375"
+    items = _evaluations(sr)
+    presence = {
+        _code(i.ConceptNameCodeSequence[0]): _code(i.ConceptCodeSequence[0]) for i in items if i.ValueType == "CODE"
+    }
+    for label in card.labels:
+        assert presence[(label.type.scheme, label.type.value)] == ("SCT", PRESENT.value)
+    priority = presence[(PRIORITY_CONCEPT.scheme_designator, PRIORITY_CONCEPT.value)]
+    assert priority == (PRIORITY_SCHEME, result.priority.value)
+    comments = [i.TextValue for i in items if i.ValueType == "TEXT"]
+    assert comments == [result.priority_reason]
     assert sr.CodingSchemeIdentificationSequence[0].CodingSchemeDesignator == PRIORITY_SCHEME
+    # Every measurement group has a region: presence and priority are not among them.
+    assert len(_groups(sr)) == len(result.findings)
 
 
 def test_sr_device_observer_and_evidence(
@@ -246,11 +302,14 @@ def test_sr_without_seg_and_without_findings_reports_absence(result: AnalysisRes
     sr = _read_sr(build_sr(empty, card, None))
     values = {
         _code(i.ConceptCodeSequence[0])
-        for g in _groups(sr)
-        for i in _items(g, PRESENCE_CONCEPT.scheme_designator, PRESENCE_CONCEPT.value)
+        for i in _evaluations(sr)
+        if _code(i.ConceptNameCodeSequence[0]) in {(label.type.scheme, label.type.value) for label in card.labels}
     }
     assert values == {("SCT", ABSENT.value)}
-    assert _report(sr).get_volumetric_roi_measurement_groups() == []
+    # No measurement group at all: TID 1500 then has only its Qualitative Evaluations container.
+    assert [i.ConceptNameCodeSequence[0].CodeValue for i in sr.ContentSequence if i.ValueType == "CONTAINER"] == [
+        "C0034375"
+    ]
 
 
 def test_sr_without_seg_keeps_findings_with_source_images(result: AnalysisResult, card: ModelCard) -> None:
@@ -352,5 +411,34 @@ def test_results_from_a_source_without_type2_attributes_are_valid(tmp_path: Path
     measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
     assert float(measures.SliceThickness) == pytest.approx(volume.spacing[0])
     for path in write_datasets(datasets, tmp_path / "out"):
-        errors, _ = dciodvfy(path)
-        assert errors == [], errors
+        assert validator_errors(path) == []
+
+
+def test_four_nodules_give_four_segments_and_four_groups_each_on_its_own_segment(
+    tmp_path: Path, card: ModelCard
+) -> None:
+    four = make_result(write_phantom(tmp_path, count=4), count=4)
+    assert len(four.findings) == 4
+    seg_ds = build_seg(four, card)
+    seg = hd.seg.Segmentation.from_dataset(_roundtrip(seg_ds))
+    labels = {int(s.SegmentNumber): str(s.SegmentLabel) for s in seg.SegmentSequence}
+    nodule_type = (card.label(NODULE).type.scheme, card.label(NODULE).type.value)
+    nodules = {
+        number
+        for number in labels
+        if _code(seg.get_segment_description(number).segmented_property_type) == nodule_type
+    }
+    assert len(nodules) == 4 and len(labels) == 5
+    assert labels[1] == "Lung"
+    sr = _read_sr(build_sr(four, card, seg_ds))
+    groups = _report(sr).get_volumetric_roi_measurement_groups()
+    assert len(groups) == 4
+    referenced = []
+    for group in groups:
+        assert group.referenced_segment is not None
+        assert group.referenced_segment.referenced_sop_instance_uid == seg.SOPInstanceUID
+        (number,) = group.referenced_segment.referenced_segment_numbers
+        assert number in nodules
+        assert group.tracking_uid == seg.get_segment_description(number).tracking_uid
+        referenced.append(number)
+    assert sorted(referenced) == sorted(nodules)
