@@ -7,10 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import highdicom as hd
 import pytest
 from pydicom import dcmread
 
-from tests.tools import dciodvfy
+from tests.tools import validator_errors
 
 pytestmark = pytest.mark.interop
 
@@ -34,11 +35,25 @@ def test_synth_then_analyse_writes_valid_seg_and_sr(tmp_path: Path) -> None:
     files = {dcmread(p, stop_before_pixels=True).Modality: p for p in series_dir.glob("*.dcm")}
     assert set(files) == {"SEG", "SR"}
     for path in files.values():
-        errors, lines = dciodvfy(path)
-        assert not errors, f"{path.name}:\n" + "\n".join(lines)
+        errors = validator_errors(path)
+        assert not errors, f"{path.name}:\n" + "\n".join(errors)
     summary = json.loads((series_dir / "findings.json").read_text())
     big = [n for n in truth["nodules"] if n["diameter_mm"] >= 5]
-    assert len([f for f in summary["findings"] if f["label"] == "Nodule"]) >= len(big)
+    nodules = [f for f in summary["findings"] if f["label"] == "Nodule"]
+    assert len(nodules) >= len(big)
+    # One segment per finding, named as in findings.json and the summary line; the SR's groups point
+    # at those segments, one each (read back with highdicom).
+    seg = hd.seg.Segmentation.from_dataset(dcmread(files["SEG"]))
+    names = {int(s.SegmentNumber): str(s.SegmentLabel) for s in seg.SegmentSequence}
+    assert sorted(names.values()) == sorted(["Lung", *(f["name"] for f in nodules)])
+    for finding in nodules:
+        assert names[finding["segment_number"]] == finding["name"]
+        assert f"{finding['name']}: " in run.stdout
+        assert 0.5 <= finding["confidence"]["mean"] <= finding["confidence"]["max"] <= 1.0
+    sr = hd.sr.Comprehensive3DSR.from_dataset(dcmread(files["SR"]))
+    groups = sr.content.get_volumetric_roi_measurement_groups()
+    referenced = [g.referenced_segment.referenced_segment_numbers[0] for g in groups if g.referenced_segment]
+    assert sorted(referenced) == sorted(f["segment_number"] for f in nodules)
     source = dcmread(next(series.glob("*.dcm")), stop_before_pixels=True)
     seg = dcmread(files["SEG"], stop_before_pixels=True)
     assert seg.StudyInstanceUID == source.StudyInstanceUID
