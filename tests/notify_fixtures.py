@@ -82,12 +82,17 @@ def make_result(
     return study, files
 
 
-def node_config(data_dir: Path, notify: str, *, retry_s: float = 30.0) -> NodeConfig:
-    """A config with ``notify`` (``[[notify]]`` tables) and the sender's retry settings."""
-    return parse_config(
+def config_text(data_dir: Path, notify: str, *, retry_s: float = 30.0) -> str:
+    """The TOML of a config with ``notify`` (``[[notify]]`` tables) and the sender's retry settings."""
+    return (
         f'[node]\nae_title = "PACSNODE"\ndata_dir = "{data_dir}"\n'
         f"[sender]\nretry_initial_s = {retry_s}\nretry_max_s = {retry_s}\n{notify}"
     )
+
+
+def node_config(data_dir: Path, notify: str, *, retry_s: float = 30.0) -> NodeConfig:
+    """:func:`config_text`, parsed."""
+    return parse_config(config_text(data_dir, notify, retry_s=retry_s))
 
 
 def webhook(name: str, url: str, min_priority: str = "LOW", extra: str = "") -> str:

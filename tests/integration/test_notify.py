@@ -9,6 +9,8 @@ import hmac
 import json
 import logging
 import ssl
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,6 +27,7 @@ from tests.notify_fixtures import (
     PATIENT_ID,
     PATIENT_NAME,
     SECRET,
+    config_text,
     finding,
     hl7_target,
     make_result,
@@ -32,6 +35,8 @@ from tests.notify_fixtures import (
     webhook,
 )
 from tests.peers import free_port, wait_for
+
+RUN: dict[str, Any] = {"capture_output": True, "text": True, "check": True, "timeout": 60}
 
 
 @pytest.fixture
@@ -180,6 +185,26 @@ def test_a_refused_webhook_is_parked_and_a_server_error_retried(
         ids = queue(config, store, files)
         job = notifying(config, store, lambda: (j := store.get(ids[0])) and j.last_error and j)
     assert job.state is expected and f"HTTP {status}" in job.last_error
+
+
+def test_a_parked_notification_is_delivered_once_a_person_retries_it_with_pacs_node_jobs(
+    data_dir: Path, store: JobStore, tmp_path: Path
+) -> None:
+    with WebhookListener(status=404).start() as listener:
+        target = webhook("ris", listener.url)
+        config = node_config(data_dir, target)
+        _, files = make_result(data_dir, store, "HIGH", [finding(1)])
+        [job_id] = queue(config, store, files)
+        notifying(config, store, lambda: state(store, job_id) is JobState.DEAD)
+        listener.status = 200  # the receiver's endpoint is fixed
+        config_file = tmp_path / "node.toml"
+        config_file.write_text(config_text(data_dir, target), encoding="utf-8")
+        command = [sys.executable, "-m", "node", "jobs"]
+        listed = subprocess.run([*command, "list", "--config", str(config_file), "--state", "dead"], **RUN).stdout
+        assert f"{job_id}" in listed and "notify:ris" in listed and "HTTP 404" in listed
+        subprocess.run([*command, "retry", str(job_id), "--config", str(config_file)], **RUN)
+        notifying(config, store, lambda: state(store, job_id) is JobState.DONE)
+    assert [r.headers["Idempotency-Key"] for r in listener.requests] == [f"ris|{files[1][1]}"] * 2
 
 
 @pytest.mark.parametrize("kind", ["webhook", "hl7"])
