@@ -74,10 +74,22 @@ allow_store = true
     assert document["series_instance_uid"] == source.SeriesInstanceUID
     assert document["priority"]["suggested"] in ("LOW", "ROUTINE", "MEDIUM", "HIGH", "STAT")
     assert {r["modality"] for r in document["results"]} == {"SEG", "SR"}
-    assert document["model"]["name"] == "lung-nodule-ct"
+    assert document["model"]["name"] == "lung-nodule-ct" and document["model"]["version"]
+    # The findings as the worker measured them (findings.json), each tied to its slice of the source series.
+    sources = {dcmread(path, stop_before_pixels=True).SOPInstanceUID for path in folder.iterdir()}
+    assert document["findings"], "the phantom has nodules"
+    for n, item in enumerate(document["findings"], start=1):
+        assert item["number"] == n and item["name"] == f"Nodule {n}"
+        assert isinstance(item["segment_number"], int) and item["tracking_uid"]
+        assert 0.0 < item["confidence"]["mean"] <= item["confidence"]["max"] <= 1.0
+        assert item["key_slice"]["sop_instance_uid"] in sources
+        assert item["measurements"]["volume_mm3"] > 0
     message = parse(engine.raw[0])
     assert str(message.segment("MSH")(9)) == "ORU^R01^ORU_R01"
-    assert len(message.segments("OBX")) == 1 + len(document["findings"])
+    obx = message.segments("OBX")
+    assert len(obx) == 1 + len(document["findings"])
+    assert str(obx[0](5)) == f"{document['priority']['suggested']}^{document['priority']['suggested']}^L"
+    assert all("key slice" in str(o(5)) for o in obx[1:])
     assert "notify:ris" in listed and "done" in listed
     for identity in (str(source.PatientName), str(source.PatientID)):
         assert identity and identity not in log and identity not in request.body.decode()
