@@ -4,7 +4,8 @@ The slice is the one findings.json names (``key_slice.sop_instance_uid``, a spoo
 model card's input says; the finding's outline comes from its own segment in the SEG (the frame of
 ``segment_number`` that derives from that slice, else the frame at the slice's position), drawn with
 OpenCV in the label's colour; a 10 mm scale bar and the orientation letters of the image's edges (from
-Image Orientation (Patient)) are drawn in white. Nothing of the patient's identity is drawn.
+Image Orientation (Patient)) are drawn in white. A slice under 512 pixels is enlarged by a whole
+factor (the PNG is that many times the source's rows and columns). Nothing of the patient's identity is drawn.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pydicom import dcmread
 from node.errors import NodeError
 
 WHITE = (255, 255, 255)
+MIN_SIZE = 512  # pixels: a smaller slice is shown enlarged
 
 
 class KeyImageError(NodeError):
@@ -84,6 +86,11 @@ def render(
     hu = pixels * float(getattr(ds, "RescaleSlope", 1) or 1) + float(getattr(ds, "RescaleIntercept", 0) or 0)
     centre, width = window
     grey = np.clip((hu - (centre - width / 2)) / width * 255.0, 0, 255).astype(np.uint8)
+    source_shape = grey.shape
+    # Small matrices are enlarged (by a whole factor) so that a few-pixel outline stays visible.
+    scale = max(1, MIN_SIZE // max(source_shape))
+    if scale > 1:
+        grey = cv2.resize(grey, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
     image = cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
     bgr = (int(colour[2]), int(colour[1]), int(colour[0]))
     if seg_path is not None and seg_path.is_file():
@@ -93,12 +100,13 @@ def render(
             )
         except (OSError, ValueError, AttributeError, KeyError, IndexError) as exc:
             raise KeyImageError(f"cannot read the finding's segment: {exc}") from None
-        if mask is not None and mask.shape == grey.shape:
-            contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        if mask is not None and mask.shape == source_shape:
+            big = cv2.resize(mask.astype(np.uint8), None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+            contours, _ = cv2.findContours(big, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
             cv2.drawContours(image, contours, -1, bgr, 1, lineType=cv2.LINE_8)
     rows, columns = grey.shape
     spacing = [float(v) for v in getattr(ds, "PixelSpacing", [1.0, 1.0])]
-    bar = int(round(10.0 / spacing[1]))  # 10 mm along a row
+    bar = int(round(10.0 / spacing[1] * scale))  # 10 mm along a row
     y = rows - 12
     cv2.line(image, (10, y), (10 + bar, y), WHITE, 2)
     cv2.putText(image, "10 mm", (10, y - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.4, WHITE, 1, cv2.LINE_AA)
