@@ -11,9 +11,10 @@ from node.jobs.kinds import ANALYSE
 from node.web.context import WebContext
 from node.web.feedback import Feedback
 from node.web.keyimage import KeyImageError, render
-from node.web.triage import SeriesFindings, find, rank, worklist
+from node.web.triage import SeriesFindings, WorkItem, find, rank, worklist
 
 WORKLIST_ANALYSES = 2000  # the latest done analyses the worklist looks at
+PAGE = 100  # studies a worklist page shows
 
 
 def explanation(card: ModelCard | None, series: SeriesFindings, finding: dict[str, Any]) -> dict[str, Any]:
@@ -81,23 +82,27 @@ def _finding_dict(
 
 
 def triage(
-    ctx: WebContext, priority: str | None = None, model: str | None = None, since: float | None = None
+    ctx: WebContext,
+    priority: str | None = None,
+    model: str | None = None,
+    since: float | None = None,
+    offset: int = 0,
+    limit: int = PAGE,
 ) -> list[dict[str, Any]]:
-    """The worklist (see :func:`node.web.triage.worklist`), optionally one priority, model, or arrivals since."""
-    done = ctx.jobs.list(JobState.DONE, ANALYSE, WORKLIST_ANALYSES)
-    analyses = [(j.id, str(j.study or j.payload.get("study", "")), str(j.payload.get("model", ""))) for j in done]
-    arrivals = ctx.index.first_arrivals(sorted({study for _, study, _ in analyses}))
-    items = worklist(analyses, arrivals, ctx.findings)
-    verdicts = ctx.feedback.latest([a for a, _, _ in analyses])
+    """The worklist (see :func:`node.web.triage.worklist`), optionally one priority, model, or arrivals since;
+    ``limit`` studies from ``offset`` (the list is ordered, so the first page is what needs reading first)."""
+    items, analyses = ctx.cache.get("worklist", lambda: _worklist(ctx))
+    chosen = [
+        item
+        for item in items
+        if (not priority or item.priority == priority)
+        and (not model or model in item.models)
+        and (since is None or item.arrived >= since)
+    ][offset : offset + limit]
+    verdicts = ctx.feedback.latest(analyses)
     now = ctx.clock()
     out = []
-    for item in items:
-        if priority and item.priority != priority:
-            continue
-        if model and model not in item.models:
-            continue
-        if since is not None and item.arrived < since:
-            continue
+    for item in chosen:
         findings = [
             _finding_dict(ctx, s, f, verdicts.get((s.analysis, s.series_instance_uid, int(f.get("number", 0)))))
             for s in item.series
@@ -126,6 +131,13 @@ def triage(
             }
         )
     return out
+
+
+def _worklist(ctx: WebContext) -> tuple[list[WorkItem], list[int]]:
+    done = ctx.jobs.list(JobState.DONE, ANALYSE, WORKLIST_ANALYSES)
+    analyses = [(j.id, str(j.study or j.payload.get("study", "")), str(j.payload.get("model", ""))) for j in done]
+    arrivals = ctx.index.first_arrivals(sorted({study for _, study, _ in analyses}))
+    return worklist(analyses, arrivals, ctx.findings), [a for a, _, _ in analyses]
 
 
 def key_image(ctx: WebContext, analysis: int, series: str, number: int) -> bytes:

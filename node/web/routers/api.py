@@ -98,8 +98,19 @@ def cancel_peer(request: Request, peer: str, who: Annotated[Principal, Depends(r
 
 
 @router.get("/worklist")
-def worklist(request: Request, who: Reader, priority: str = "", model: str = "", since: str = "") -> list[Any]:
-    return results.triage(context(request), priority or None, model or None, queries._day(since))
+def worklist(
+    request: Request,
+    who: Reader,
+    priority: str = "",
+    model: str = "",
+    since: str = "",
+    offset: int = 0,
+    limit: int = 100,
+) -> list[Any]:
+    day = queries._day(since)
+    return results.triage(
+        context(request), priority or None, model or None, day, max(offset, 0), min(max(limit, 1), 500)
+    )
 
 
 @router.get("/analyses/{analysis}/series/{series}/findings/{number}/key.png", response_class=Response)

@@ -18,11 +18,12 @@ router = APIRouter()
 
 
 @router.get("/triage")
-def triage(request: Request, who: Annotated[Principal, Depends(require("read"))]) -> Any:
+def triage(request: Request, who: Annotated[Principal, Depends(require("read"))], page_no: int = 1) -> Any:
     priority = request.query_params.get("priority") or None
     model = request.query_params.get("model") or None
     since = queries._day(request.query_params.get("since"))
-    items = results.triage(context(request), priority, model, since)
+    page_no = max(1, page_no)
+    items = results.triage(context(request), priority, model, since, (page_no - 1) * results.PAGE, results.PAGE)
     filters = {"priority": priority or "", "model": model or "", "since": request.query_params.get("since", "")}
     return page(
         request,
@@ -32,6 +33,8 @@ def triage(request: Request, who: Annotated[Principal, Depends(require("read"))]
         filters=filters,
         priorities=PRIORITIES,
         reasons=REASONS,
+        page_no=page_no,
+        more=len(items) == results.PAGE,
         title="Triage",
     )
 
