@@ -3,6 +3,7 @@ trail, the model cards and a short-lived cache of expensive figures."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -99,8 +100,6 @@ class WebContext:
 
     def status(self) -> dict[str, Any] | None:
         """serve's ``status.json`` (associations, children alive), or ``None`` when absent or stale."""
-        import json
-
         path = self.data_dir / "status.json"
         try:
             status: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
@@ -109,7 +108,3 @@ class WebContext:
         if self.clock() - float(status.get("updated", 0)) > 30:
             return None
         return status
-
-
-def audit_file(data_dir: Path) -> Path:
-    return audit_path(data_dir)

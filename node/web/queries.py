@@ -119,8 +119,8 @@ def peers(ctx: WebContext) -> list[dict[str, Any]]:
 
 
 def studies(ctx: WebContext, filters: dict[str, Any], page: int = 1) -> dict[str, Any]:
-    since = _day(filters.get("since"))
-    until = _day(filters.get("until"), end=True)
+    since = day_start(filters.get("since"))
+    until = day_start(filters.get("until"), end=True)
     rows, total = ctx.index.studies(
         offset=(max(page, 1) - 1) * PAGE_SIZE,
         limit=PAGE_SIZE,
@@ -138,7 +138,7 @@ def studies(ctx: WebContext, filters: dict[str, Any], page: int = 1) -> dict[str
     }
 
 
-def _day(text: str | None, end: bool = False) -> float | None:
+def day_start(text: str | None, end: bool = False) -> float | None:
     """``YYYY-MM-DD`` (local time) as epoch seconds at its start (or its end); ``None`` when absent or bad."""
     if not text:
         return None
@@ -169,7 +169,8 @@ def study(ctx: WebContext, uid: str) -> dict[str, Any] | None:
             timeline.append({"at": job.created, "what": what})
             if job.state in (JobState.DONE, JobState.DEAD):
                 took = job.updated - job.created
-                timeline.append({"at": job.updated, "what": f"analysis {job.id} {job.state} after {took:.1f} s"})
+                what = f"analysis {job.id} {job.state}, {took:.1f} s after it was queued"
+                timeline.append({"at": job.updated, "what": what})
     sends: dict[str, dict[str, Any]] = {}
     for job in jobs:
         if job.kind.startswith(SEND_KIND_PREFIX):

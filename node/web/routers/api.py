@@ -107,7 +107,7 @@ def worklist(
     offset: int = 0,
     limit: int = 100,
 ) -> list[Any]:
-    day = queries._day(since)
+    day = queries.day_start(since)
     return results.triage(
         context(request), priority or None, model or None, day, max(offset, 0), min(max(limit, 1), 500)
     )

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import RedirectResponse, Response
 
 from node.web.auth import SESSION_COOKIE, Principal
-from node.web.deps import TEMPLATES, context, principal
+from node.web.deps import TEMPLATES, context, require
 
 router = APIRouter()
 
@@ -84,9 +84,8 @@ def login(
 
 
 @router.post("/logout")
-def logout(request: Request) -> Response:
+def logout(request: Request, who: Annotated[Principal, Depends(require("read"))]) -> Response:
     ctx = context(request)
-    who = principal(request)
     if who.session is not None:
         ctx.auth.logout(who.session)
         ctx.audit.record("user-logout", user=who.name, address=_address(request))
