@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from node.errors import NodeError
 from node.jobs import JobError, JobState
 from node.jobs.sends import send_kind
 from node.web.auth import Principal
@@ -76,6 +77,24 @@ def cancel_peer(ctx: WebContext, user: Principal, peer: str) -> int:
     audit(ctx, user, "cancel-peer", peer=peer, jobs=count)
     ctx.cache.clear()
     return count
+
+
+def complete(ctx: WebContext, user: Principal, study: str) -> str | None:
+    """Force a study complete: its quiet period ends now, so serve's completion timer completes and routes it
+    at its next check (an association still carrying it holds it open, as always). The reason it was
+    refused, or ``None``."""
+    row = ctx.index.study(study)
+    if row is None:
+        return "the node has no record of this study"
+    if row.completed_at is not None:
+        return "the study is complete already"
+    try:
+        ctx.end_quiet_period(study)
+    except NodeError as exc:
+        audit(ctx, user, "complete", "minor failure", study=study, reason=str(exc))
+        return str(exc)
+    audit(ctx, user, "complete", study=study)
+    return None
 
 
 def feedback(

@@ -1,8 +1,8 @@
 """Who is asking, and may they: users with argon2 hashes, bearer tokens, sessions, CSRF and the login limit.
 
 - Roles give permissions: ``viewer`` reads; ``radiologist`` reads and gives feedback on findings;
-  ``operator`` reads, retries and cancels jobs and reads the audit trail. The one-time login (no user
-  configured) may do everything.
+  ``operator`` reads, retries and cancels jobs, forces a study complete and reads the audit trail. The
+  one-time login (no user configured) may do everything.
 - A session is a random id in an HttpOnly, SameSite=Strict cookie (Secure under TLS), kept in this
   process's memory (a restart of the web process logs everyone out), with its own CSRF token that every
   state-changing request must echo (form field ``csrf_token`` or header ``X-CSRF-Token``). Requests with
@@ -31,8 +31,8 @@ from node.config.web import Web
 PERMISSIONS: dict[str, frozenset[str]] = {
     "viewer": frozenset({"read"}),
     "radiologist": frozenset({"read", "feedback"}),
-    "operator": frozenset({"read", "retry", "cancel", "audit"}),
-    "one-time": frozenset({"read", "feedback", "retry", "cancel", "audit"}),
+    "operator": frozenset({"read", "retry", "cancel", "complete", "audit"}),
+    "one-time": frozenset({"read", "feedback", "retry", "cancel", "complete", "audit"}),
 }
 SESSION_COOKIE = "pacs_node_session"
 FAILED_LOGIN_LIMIT = 5

@@ -95,6 +95,16 @@ class WebContext:
             self._routing = RoutingLog(path)
         return self._routing
 
+    def end_quiet_period(self, study: str) -> None:
+        """Through the index's own API: the study's quiet period is 0 s from now on (serve completes it)."""
+        from node.store import Index
+
+        index = Index(self.config.node.index_path)
+        try:
+            index.set_quiet_seconds(study, 0.0)
+        finally:
+            index.close()
+
     def spool_file(self, relative: str) -> Path:
         return self.config.node.spool_dir / relative
 

@@ -177,8 +177,8 @@ def test_nothing_without_a_login_and_everything_to_read_for_every_role(node: tup
     assert "/api/v1/jobs/{job_id}/retry" in schema["paths"] and "/studies" not in schema["paths"]
 
 
-def test_only_an_operator_retries_or_cancels_and_only_with_the_csrf_token(node: tuple) -> None:
-    client, ids, _, data_dir = node
+def test_only_an_operator_retries_cancels_or_completes_and_only_with_the_csrf_token(node: tuple) -> None:
+    client, ids, clock, data_dir = node
     dead, retrying = ids["send0"], ids["send1"]
     for role in ("viewer", "radiologist"):
         csrf = login(client, f"{role}1")
@@ -186,6 +186,7 @@ def test_only_an_operator_retries_or_cancels_and_only_with_the_csrf_token(node: 
             response = client.post(f"/api/v1/jobs/{dead}/{action}", headers={"X-CSRF-Token": csrf})
             assert response.status_code == 403, (role, action)
         assert client.post("/api/v1/peers/pacs/retry", headers={"X-CSRF-Token": csrf}).status_code == 403
+        assert client.post(f"/api/v1/studies/{STUDY}/complete", headers={"X-CSRF-Token": csrf}).status_code == 403
     csrf = login(client, "operator1")
     assert client.post(f"/api/v1/jobs/{dead}/retry").status_code == 403  # no CSRF token
     assert client.post(f"/api/v1/jobs/{dead}/retry", headers={"X-CSRF-Token": "forged"}).status_code == 403
@@ -199,8 +200,16 @@ def test_only_an_operator_retries_or_cancels_and_only_with_the_csrf_token(node: 
     jobs = {j["id"]: j["state"] for j in client.get("/api/v1/jobs").json()}
     assert jobs[dead] == "queued" and jobs[retrying] == "dead"
     assert client.post("/api/v1/peers/pacs/retry", headers={"X-CSRF-Token": csrf}).json()["retried"] == 1
+    # Force the study complete: its quiet period ends now (serve's completion timer does the rest).
+    index = Index(data_dir / "index.sqlite3")
+    assert index.quiet_studies(clock.now, 1e9, 1e9) == []
+    assert client.post(f"/api/v1/studies/{STUDY}/complete", headers={"X-CSRF-Token": csrf}).json() == {"status": "ok"}
+    assert index.quiet_studies(clock.now, 1e9, 1e9) == [STUDY]
+    index.close()
+    assert client.post("/api/v1/studies/1.2.3/complete", headers={"X-CSRF-Token": csrf}).status_code == 409
     audit = [json.loads(line) for line in (data_dir / "audit" / "audit.jsonl").read_text().splitlines()]
     actions = [(a["user"], a["action"], a["outcome"]) for a in audit if a["event"] == "user-action"]
+    assert ("operator1", "complete", 0) in actions
     assert ("operator1", "retry", 0) in actions and ("operator1", "cancel", 0) in actions
     assert ("operator1", "retry-peer", 0) in actions
     assert {a["user"] for a in audit if a["event"] == "user-login"} == {"viewer1", "radiologist1", "operator1"}

@@ -51,6 +51,11 @@ def study(request: Request, uid: str, who: Reader) -> dict[str, Any]:
     return found
 
 
+@router.post("/studies/{uid}/complete")
+def complete(request: Request, uid: str, who: Annotated[Principal, Depends(require("complete"))]) -> dict[str, str]:
+    return _done(actions.complete(context(request), who, uid))
+
+
 @router.get("/jobs")
 def jobs(
     request: Request, who: Reader, state: str | None = None, kind: str | None = None, limit: int = 100
