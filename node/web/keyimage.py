@@ -48,8 +48,11 @@ def _segment_frame(seg_path: Path, segment: int, source_uid: str, z_mm: float | 
     if frames.ndim == 2:
         frames = frames[np.newaxis]
     by_position: int | None = None
+    # With one segment, the segment identification may sit in the shared functional groups instead.
+    shared = ds.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in ds else None
     for i, item in enumerate(ds.PerFrameFunctionalGroupsSequence):
-        if int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber) != segment:
+        ident = item if "SegmentIdentificationSequence" in item else shared
+        if ident is None or int(ident.SegmentIdentificationSequence[0].ReferencedSegmentNumber) != segment:
             continue
         for derivation in item.get("DerivationImageSequence", []):
             for source in derivation.get("SourceImageSequence", []):
@@ -96,7 +99,7 @@ def render(
     if seg_path is not None and seg_path.is_file():
         try:
             mask = _segment_frame(
-                seg_path, int(finding.get("segment_number", 0)), str(key["sop_instance_uid"]), key.get("z_mm")
+                seg_path, int(finding.get("segment_number") or 0), str(key["sop_instance_uid"]), key.get("z_mm")
             )
         except (OSError, ValueError, AttributeError, KeyError, IndexError) as exc:
             raise KeyImageError(f"cannot read the finding's segment: {exc}") from None
