@@ -61,6 +61,7 @@ class Metrics:
     duplicates: Any
     studies_completed: Any
     analysis_seconds: Any
+    inference_seconds: Any
     send_attempts: Any
     send_failures: Any
 
@@ -83,6 +84,12 @@ def metrics() -> Metrics:
         studies_completed=Counter(f"{p}studies_completed", "Studies declared complete"),
         analysis_seconds=Histogram(
             f"{p}analysis_seconds", "Duration of analyse jobs, per model", ["model"], buckets=ANALYSIS_BUCKETS
+        ),
+        inference_seconds=Histogram(
+            f"{p}inference_seconds",
+            "ONNX Runtime time within an analyse job, per model",
+            ["model"],
+            buckets=ANALYSIS_BUCKETS,
         ),
         send_attempts=Counter(f"{p}send_attempts", "C-STORE sends attempted, per peer", ["peer"]),
         send_failures=Counter(f"{p}send_failures", "C-STORE sends that failed, per peer", ["peer"]),

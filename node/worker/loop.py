@@ -136,7 +136,7 @@ class Worker:
         data_dir = self.config.node.data_dir
         folder = self.config.node.results_dir(job.id)
         series = job.payload.get("series")
-        started = time.monotonic()
+        started, inferred = time.monotonic(), model.timings["inference"]
         manifest = analyse_study(
             str(job.payload["study"]),
             model,
@@ -149,6 +149,7 @@ class Worker:
             buffer=self.voxels,
         )
         metrics().analysis_seconds.labels(name).observe(time.monotonic() - started)
+        metrics().inference_seconds.labels(name).observe(model.timings["inference"] - inferred)
         # Jobs queued by the router name their destinations; older jobs use [analysis] send_results_to.
         peers = [str(p) for p in job.payload.get("results_to", self.config.analysis.send_results_to)]
         files = [(r.path, r.sop_instance_uid, r.sop_class_uid) for r in manifest.files]

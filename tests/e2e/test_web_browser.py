@@ -16,6 +16,7 @@ Screenshots go to the test's folder (and to ``$PACS_NODE_SCREENSHOTS`` when set:
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -235,6 +236,14 @@ def test_console_on_real_studies(tmp_path: Path, studies: dict[str, tuple[Path, 
         assert "user=operator1" in audit and "action=retry-peer" in audit and "user=radiologist1" in audit
         shoot(page, shots, "audit")
         context.close()
+        # The worker's and the sender's figures reach /metrics through the multiprocess files.
+        metrics = web.get("/metrics").decode()
+        analyses = len(STUDIES)
+        assert f'pacs_node_analysis_seconds_count{{model="lung-nodule-ct"}} {analyses}.0' in metrics
+        assert f'pacs_node_inference_seconds_count{{model="lung-nodule-ct"}} {analyses}.0' in metrics
+        failures = re.search(r'pacs_node_send_failures_total\{peer="pacs"\} (\d+)', metrics)
+        attempts = re.search(r'pacs_node_send_attempts_total\{peer="pacs"\} (\d+)', metrics)
+        assert failures and attempts and int(attempts.group(1)) > int(failures.group(1)) >= 4
         assert node.stop() == 0
     log = node.log()
     assert "PHANTOM" not in log and "Phantom" not in log
