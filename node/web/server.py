@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 
 from node.config import NodeConfig
@@ -42,9 +43,13 @@ def run_web(config: NodeConfig, stop: threading.Event) -> None:
         server.should_exit = True
 
     threading.Thread(target=on_stop, name="web-stop", daemon=True).start()
+    # uvicorn handles SIGTERM/SIGINT while it runs (a graceful stop) and then raises the signal again for
+    # the handler that was there before: this one, so the process exits with status 0 as serve's others do.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
     log.info("web console on %s://%s:%d", web.scheme, web.bind, web.port)
     try:
-        server.run()  # installs its own SIGTERM/SIGINT handlers: a graceful stop
+        server.run()
     finally:
         stop.set()
         app.state.ctx.close()
