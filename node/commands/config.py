@@ -84,7 +84,16 @@ def summary(config: NodeConfig, cards: list[ModelCard]) -> list[str]:
         targets = ", ".join(config.analysis.send_results_to) or "nowhere (analysis.send_results_to is empty)"
         lines.append(f"  results   sent to {targets}")
     lines.append(f"  retention {_retention(config)}")
+    lines.append(f"  web       {_web(config)}")
     return lines
+
+
+def _web(config: NodeConfig) -> str:
+    web = config.web
+    if not web.enabled:
+        return "off ([web] enabled = false)"
+    users = f"{len(web.users)} users" if web.users else "no users (serve prints a one-time login URL)"
+    return f"console on {web.scheme}://{web.bind}:{web.port}, {users}, {len(web.tokens)} bearer tokens"
 
 
 def _retention(config: NodeConfig) -> str:
