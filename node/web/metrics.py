@@ -63,6 +63,29 @@ class StoreCollector:
         yield rated
 
 
+def analysis_seconds() -> dict[str, tuple[int, float]]:
+    """Per model: analyse jobs and their summed seconds since serve started (the workers' histogram)."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    folder = os.environ.get(MULTIPROC_ENV)
+    if not folder or not os.path.isdir(folder):
+        return {}
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=folder)  # type: ignore[no-untyped-call]
+    found: dict[str, list[float]] = {}
+    for family in registry.collect():
+        if family.name != f"{PREFIX}analysis_seconds":
+            continue
+        for sample in family.samples:
+            model = sample.labels.get("model", "")
+            if sample.name.endswith("_count"):
+                found.setdefault(model, [0.0, 0.0])[0] = sample.value
+            elif sample.name.endswith("_sum"):
+                found.setdefault(model, [0.0, 0.0])[1] = sample.value
+    return {model: (int(count), total) for model, (count, total) in found.items()}
+
+
 def exposition(ctx: WebContext) -> tuple[bytes, str]:
     """The text Prometheus scrapes, and its content type."""
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest

@@ -11,6 +11,7 @@ from node.jobs.kinds import ANALYSE
 from node.web.context import WebContext
 from node.web.feedback import Feedback
 from node.web.keyimage import KeyImageError, render
+from node.web.metrics import analysis_seconds
 from node.web.triage import SeriesFindings, WorkItem, find, rank, worklist
 
 WORKLIST_ANALYSES = 2000  # the latest done analyses the worklist looks at
@@ -199,6 +200,7 @@ def models(ctx: WebContext) -> list[dict[str, Any]]:
 
 def _models(ctx: WebContext) -> list[dict[str, Any]]:
     per_model = ctx.jobs.analyses_per_model()
+    timed = analysis_seconds()
     agreement = {(a.model, a.version): a for a in ctx.feedback.agreement()}
     done = ctx.jobs.list(JobState.DONE, ANALYSE, WORKLIST_ANALYSES)
     findings_per_version: dict[tuple[str, str], list[int]] = {}
@@ -238,6 +240,7 @@ def _models(ctx: WebContext) -> list[dict[str, Any]]:
                 }
             )
         analysed, mean_s = per_model.get(name, (0, 0.0))
+        count, total = timed.get(name, (0, 0.0))
         out.append(
             {
                 "name": name,
@@ -255,6 +258,8 @@ def _models(ctx: WebContext) -> list[dict[str, Any]]:
                 "precision": precision,
                 "analyses_done": analysed,
                 "mean_queued_to_done_s": mean_s if analysed else None,
+                "analyses_timed": count,
+                "mean_analysis_s": total / count if count else None,
                 "versions": live,
             }
         )

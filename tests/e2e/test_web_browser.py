@@ -213,6 +213,7 @@ def test_console_on_real_studies(tmp_path: Path, studies: dict[str, tuple[Path, 
         page.goto(f"{base}/models")
         row = page.locator("section.model[data-model='lung-nodule-ct'] tr[data-version='1.1.0']")
         assert row.locator("td.agreement").inner_text() == "1.00" and row.locator("td.rated").inner_text() == "1"
+        assert float(page.locator("b.analysis-time").inner_text().removesuffix(" s")) > 0  # the workers' histogram
         shoot(page, shots, "models")
         assert page.locator("a[href='/audit']").count() == 0  # a radiologist has no audit page
         context.close()
