@@ -7,7 +7,6 @@ results folder as a worker writes it; the browser tests (tests/e2e/test_web_brow
 from __future__ import annotations
 
 import json
-import logging
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -280,11 +279,10 @@ def test_login_limit_session_expiry_logout_and_one_time_login(node: tuple) -> No
     assert events.count("user-login-failed") == 8 and "user-logout" in events
 
 
-def test_metrics_with_a_bearer_token_and_no_patient_identity_in_the_logs(
-    node: tuple, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_metrics_with_a_bearer_token_and_readiness(node: tuple) -> None:
+    """(No patient identity in the logs: the e2e tests check serve's log, web process included, after
+    real phantom studies with a patient name and ID went through it.)"""
     client, _, _, _ = node
-    caplog.set_level(logging.DEBUG)
     assert client.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
     response = client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
     assert response.status_code == 200
@@ -294,6 +292,3 @@ def test_metrics_with_a_bearer_token_and_no_patient_identity_in_the_logs(
     assert client.post("/api/v1/jobs/1/retry", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 403
     assert client.get("/readyz").status_code == 503  # serve is not running here
     assert "serve is not running" in client.get("/readyz").text
-    for record in caplog.records:
-        text = record.getMessage()
-        assert "PHANTOM" not in text and "Phantom" not in text and STUDY not in text, text
