@@ -153,7 +153,14 @@ def test_console_on_real_studies(tmp_path: Path, studies: dict[str, tuple[Path, 
         web.wait()
         for name in ("small",):
             storescu(studies[name][0], node.port, aec="PACSNODE")
-        pacs.wait_for(lambda: results_in(pacs, uid["small"]) == [SEG, SR_3D] or None, timeout=120)
+
+        def settled() -> bool:
+            analyses = web.json("/api/v1/jobs?kind=analyse&state=done")
+            sends = web.json("/api/v1/jobs?kind=send:pacs")
+            return len(analyses) == len(STUDIES) - 1 and all(j["state"] == "done" for j in sends)
+
+        eventually(settled, 120, "the first studies' results to be delivered")
+        assert results_in(pacs, uid["small"]) == [SEG, SR_3D]
         # The PACS goes down before the HIGH study's results are sent: they go dead.
         pacs.stop(graceful=False)
         storescu(studies["high"][0], node.port, aec="PACSNODE")
