@@ -255,8 +255,11 @@ def frames_by_segment(seg: Dataset, slice_of_sop: dict[str, int]) -> dict[int, d
     them; frames whose source is not in ``slice_of_sop`` (SOP Instance UID -> slice index) are left out.
     """
     frames: dict[int, dict[int, int]] = {}
+    # With a single segment, highdicom states it once in the shared functional groups.
+    shared = seg.SharedFunctionalGroupsSequence[0].get("SegmentIdentificationSequence")
     for number, item in enumerate(seg.PerFrameFunctionalGroupsSequence, start=1):
-        segment = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        identification = item.get("SegmentIdentificationSequence") or shared
+        segment = int(identification[0].ReferencedSegmentNumber)
         for derivation in item.get("DerivationImageSequence", []):
             for source in derivation.get("SourceImageSequence", []):
                 index = slice_of_sop.get(str(source.ReferencedSOPInstanceUID))

@@ -174,6 +174,16 @@ def test_seg_without_findings_has_the_organ_segment_only(volume: Volume, card: M
     assert [(s.SegmentNumber, s.SegmentLabel) for s in seg.SegmentSequence] == [(1, "Lung")]
 
 
+def test_sr_references_a_seg_with_the_organ_segment_only(volume: Volume, card: ModelCard, tmp_path: Path) -> None:
+    """One segment: highdicom states it in the shared functional groups, not per frame."""
+    no_nodules = make_result(write_phantom(tmp_path, nodules=False), nodules=False)
+    seg = build_seg(no_nodules, card)
+    sr = _read_sr(build_sr(no_nodules, card, seg))
+    assert _report(sr).get_volumetric_roi_measurement_groups() == []
+    paths = write_datasets([seg, sr], tmp_path / "out")
+    assert [validator_errors(path) for path in paths] == [[], []]
+
+
 def test_seg_keeps_an_absent_organ_label_as_a_segment_without_frames(result: AnalysisResult, card: ModelCard) -> None:
     no_lung = dataclasses.replace(result, labels=np.where(result.labels == LUNG, 0, result.labels).astype(np.uint8))
     seg = hd.seg.Segmentation.from_dataset(_roundtrip(build_seg(no_lung, card)))
@@ -424,9 +434,7 @@ def test_four_nodules_give_four_segments_and_four_groups_each_on_its_own_segment
     labels = {int(s.SegmentNumber): str(s.SegmentLabel) for s in seg.SegmentSequence}
     nodule_type = (card.label(NODULE).type.scheme, card.label(NODULE).type.value)
     nodules = {
-        number
-        for number in labels
-        if _code(seg.get_segment_description(number).segmented_property_type) == nodule_type
+        number for number in labels if _code(seg.get_segment_description(number).segmented_property_type) == nodule_type
     }
     assert len(nodules) == 4 and len(labels) == 5
     assert labels[1] == "Lung"
