@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,9 +67,21 @@ class Metrics:
     send_failures: Any
 
 
-@functools.cache
+_MAKING = threading.Lock()
+
+
 def metrics() -> Metrics:
-    """This process's metric objects, made on first use (after serve's :func:`prepare`)."""
+    """This process's metric objects, made on first use (after serve's :func:`prepare`).
+
+    Under a lock: the sender's threads (one per peer) may ask at the same moment, and a second set
+    of metrics would clash with the first in the registry (DuplicateTimeseries).
+    """
+    with _MAKING:
+        return _make()
+
+
+@functools.cache
+def _make() -> Metrics:
     from prometheus_client import Counter, Histogram
 
     p = PREFIX
