@@ -219,13 +219,19 @@ class IndexReader:
 
     def writable(self) -> str | None:
         """Why the index file cannot be written now (``None`` when it can): for the readiness probe."""
+        return writable(self.path, "index")
+
+
+def writable(path: Path, what: str) -> str | None:
+    """Why a SQLite file cannot be written now (``None`` when it can): takes the write lock and gives it back
+    at once, writing nothing (a readiness probe; waits at most 2 s for another writer)."""
+    try:
+        probe = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=2.0)
         try:
-            probe = sqlite3.connect(self.path, timeout=2.0)
-            try:
-                probe.execute("BEGIN IMMEDIATE")
-                probe.execute("ROLLBACK")
-            finally:
-                probe.close()
-        except sqlite3.Error as exc:
-            return f"index {self.path} not writable: {exc}"
-        return None
+            probe.execute("BEGIN IMMEDIATE")
+            probe.execute("ROLLBACK")
+        finally:
+            probe.close()
+    except sqlite3.Error as exc:
+        return f"{what} {path} not writable: {exc}"
+    return None

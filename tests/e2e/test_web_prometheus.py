@@ -4,6 +4,8 @@ metrics`` accepts ``/metrics``."""
 
 from __future__ import annotations
 
+import json
+import urllib.error
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,13 @@ pytestmark = [pytest.mark.interop, pytest.mark.slow]
 SLICES = 12
 
 
+def _ready(web: Web) -> bytes | None:
+    try:
+        return web.get("/readyz", token=False)
+    except urllib.error.HTTPError:  # 503 while serve's status file is not written yet
+        return None
+
+
 def test_prometheus_counts_the_instances_storescu_sent(tmp_path: Path) -> None:
     folder = tmp_path / "ct"
     make_phantom(3, slices=SLICES, rows=64, columns=64).write_dicom(folder)
@@ -29,6 +38,8 @@ def test_prometheus_counts_the_instances_storescu_sent(tmp_path: Path) -> None:
     with NodeProcess(tmp_path / "node", config) as node:
         web = Web(web_port)
         web.wait()
+        # Ready: serve's status is fresh, its sender alive, the stores writable, the disk above the floor.
+        assert json.loads(eventually(lambda: _ready(web), 30, "/readyz"))["reasons"] == []
         with Prometheus(f"127.0.0.1:{web_port}") as prometheus:
             storescu(folder, node.port, aec="PACSNODE")
             storescu(folder, node.port, aec="PACSNODE")  # the same files again: duplicates
@@ -59,5 +70,12 @@ def test_prometheus_counts_the_instances_storescu_sent(tmp_path: Path) -> None:
         checked = promtool_check(text)
         assert checked.returncode == 0 and not checked.stdout.strip(), checked.stdout + checked.stderr
         assert b"pacs_node_received_bytes_total" in text and b"pacs_node_disk_free_bytes" in text
-        assert node.stop() == 0
+        node.stop()
+        not_ready = None
+        try:
+            web.get("/readyz", token=False)
+        except (urllib.error.URLError, ConnectionError) as exc:
+            not_ready = exc  # the web process stops with serve
+        assert not_ready is not None
+    assert node.proc is not None and node.proc.returncode == 0
     assert "PHANTOM" not in node.log()

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
+from node.store.browse import writable
 from node.store.disk import free_mb
 from node.web.auth import Principal
 from node.web.deps import context, require
@@ -28,10 +29,9 @@ def problems(request: Request) -> list[str]:
     why = ctx.index.writable()
     if why:
         found.append(why)
-    try:
-        ctx.jobs.oldest_queued_created()
-    except Exception as exc:  # any failure to read the job store means not ready
-        found.append(f"job store not readable: {exc}")
+    why = writable(ctx.config.node.jobs_path, "job store")
+    if why:
+        found.append(why)
     floor = ctx.config.limits.min_free_disk_mb
     free = free_mb(ctx.data_dir)
     if free < floor:
