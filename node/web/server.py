@@ -35,6 +35,7 @@ def run_web(config: NodeConfig, stop: threading.Event) -> None:
             log_level="warning",
             access_log=False,  # URLs hold study UIDs: not for the logs
             server_header=False,
+            timeout_graceful_shutdown=5,  # a slow client cannot hold up serve's drain
         )
     )
 
