@@ -162,6 +162,10 @@ def show_status(args: argparse.Namespace) -> int:
             f"{running['associations']} associations open, workers {running['workers_alive']}/"
             f"{running['workers_configured']}"
         )
+        if config.web.enabled:
+            web = config.web
+            state = "running" if running.get("web_alive") else "NOT RUNNING"
+            print(f"web console: {state} on {web.scheme}://{web.bind}:{web.port}")
         print(_retention_line(running.get("retention")))
     else:
         print(f"serve: not running (no fresh {status_path})")

@@ -5,6 +5,8 @@ metrics`` accepts ``/metrics``."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import urllib.error
 from pathlib import Path
 
@@ -40,6 +42,10 @@ def test_prometheus_counts_the_instances_storescu_sent(tmp_path: Path) -> None:
         web.wait()
         # Ready: serve's status is fresh, its sender alive, the stores writable, the disk above the floor.
         assert json.loads(eventually(lambda: _ready(web), 30, "/readyz"))["reasons"] == []
+        status = subprocess.run(
+            [sys.executable, "-m", "node", "status", "--config", str(node.config_path)], capture_output=True, text=True
+        )
+        assert f"web console: running on http://127.0.0.1:{web_port}" in status.stdout, status.stdout
         with Prometheus(f"127.0.0.1:{web_port}") as prometheus:
             storescu(folder, node.port, aec="PACSNODE")
             storescu(folder, node.port, aec="PACSNODE")  # the same files again: duplicates
