@@ -2,7 +2,7 @@
 sends phantom CT studies through ``serve``, the worker analyses them, the results go to Orthanc.
 
 - log in; every page shows those studies (nothing is written into a database by the test);
-- the triage list orders them HIGH (an 11.8 mm nodule), then the one with a small finding (4.7 mm, below
+- the triage list orders them HIGH (an 11.8 mm nodule), then the one with a small finding (5.1 mm, below
   the card's 6 mm rule);
 - each key image loads, is a PNG and shows the label colour at the finding's position (computed here from
   the source slice's geometry and the finding's centroid);
@@ -46,9 +46,9 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-# (seed, nodules drawn): the model finds an 11.8 mm nodule in the first (HIGH), a 4.7 mm finding in the
-# second (ROUTINE, a small one).
-STUDIES = {"high": (27, 1), "small": (6, 0)}
+# (seed, nodules drawn): the model finds the 11.8 mm nodule of the first (HIGH) and the small one of the
+# second (drawn 4.3 mm across, measured 5.1 mm on 1.5 mm pixels: below the card's 6 mm rule, ROUTINE).
+STUDIES = {"high": (27, 1), "small": (939, 1)}
 
 
 def config(pacs: Orthanc, web_port: int) -> str:
