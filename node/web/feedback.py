@@ -33,6 +33,11 @@ _LATEST = (
 )
 
 
+def _cell(text: str) -> str:
+    """Free text for a spreadsheet: a leading = + - @ would make it a formula there, so it gets a quote."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@") else text
+
+
 class FeedbackError(NodeError):
     """The feedback store cannot be opened, read or written, or a verdict is not valid."""
 
@@ -180,7 +185,7 @@ class FeedbackStore:
                     f.version,
                     f.verdict,
                     f.reason,
-                    f.comment,
+                    _cell(f.comment),
                 ]
             )
         return out.getvalue()

@@ -124,11 +124,11 @@ def test_feedback_latest_verdict_counts_and_a_rejection_needs_a_reason(tmp_path:
         store.add(number=1, verdict="reject", reason="", user="ann", **common)
     store.add(number=1, verdict="reject", reason="wrong size", user="ann", **common)
     store.add(number=1, verdict="confirm", reason="ignored", user="bob", **common)
-    store.add(number=2, verdict="reject", reason="false positive", user="ann", **common)
+    store.add(number=2, verdict="reject", reason="false positive", user="ann", **{**common, "comment": "=HYPERLINK()"})
     [agreement] = store.agreement()
     assert (agreement.confirmed, agreement.rated, agreement.ratio) == (1, 2, 0.5)
     assert store.latest()[(1, "1.2", 1)].user == "bob" and store.latest()[(1, "1.2", 1)].reason == ""
-    assert len(store.csv().splitlines()) == 4
+    assert len(store.csv().splitlines()) == 4 and "'=HYPERLINK()" in store.csv()  # not a formula in a spreadsheet
     store.close()
     assert FeedbackStore(tmp_path / "feedback.sqlite3").agreement() == [agreement]  # durable
 
