@@ -1,9 +1,9 @@
 """The web console in headless Chromium (Debian's, through Playwright) on real studies: DCMTK ``storescu``
-sends phantom CT studies through ``serve``, the worker analyses them, the results go to Orthanc.
+sends three phantom CT studies through ``serve``, the worker analyses them, the results go to Orthanc.
 
 - log in; every page shows those studies (nothing is written into a database by the test);
 - the triage list orders them HIGH (an 11.8 mm nodule), then the one with a small finding (5.1 mm, below
-  the card's 6 mm rule);
+  the card's 6 mm rule), then the one without findings;
 - each key image loads, is a PNG and shows the label colour at the finding's position (computed here from
   the source slice's geometry and the finding's centroid);
 - a radiologist confirms a finding and the Models page's agreement changes;
@@ -47,8 +47,9 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 # (seed, nodules drawn): the model finds the 11.8 mm nodule of the first (HIGH) and the small one of the
-# second (drawn 4.3 mm across, measured 5.1 mm on 1.5 mm pixels: below the card's 6 mm rule, ROUTINE).
-STUDIES = {"high": (27, 1), "small": (939, 1)}
+# second (drawn 4.3 mm across, measured 5.1 mm on 1.5 mm pixels: below the card's 6 mm rule, ROUTINE),
+# nothing in the third (no nodule drawn).
+STUDIES = {"high": (27, 1), "small": (939, 1), "none": (5, 0)}
 
 
 def config(pacs: Orthanc, web_port: int) -> str:
@@ -151,7 +152,7 @@ def test_console_on_real_studies(tmp_path: Path, studies: dict[str, tuple[Path, 
     with Orthanc() as pacs, NodeProcess(tmp_path / "node", config(pacs, web_port)) as node:
         web = Web(web_port)
         web.wait()
-        for name in ("small",):
+        for name in ("small", "none"):
             storescu(studies[name][0], node.port, aec="PACSNODE")
 
         def settled() -> bool:
@@ -170,13 +171,15 @@ def test_console_on_real_studies(tmp_path: Path, studies: dict[str, tuple[Path, 
 
         dead = eventually(lambda: len(dead_sends()) >= 2 and dead_sends(), 120, "the HIGH study's sends to go dead")
         assert {j["study"] for j in dead} == {uid["high"]}
-        eventually(lambda: len(web.json("/api/v1/jobs?kind=analyse&state=done")) == 2, 120, "the analyses to finish")
+        eventually(
+            lambda: len(web.json("/api/v1/jobs?kind=analyse&state=done")) == len(STUDIES), 120, "the analyses to finish"
+        )
 
         context = browser.new_context(viewport={"width": 1400, "height": 1000})
         page = context.new_page()
         base = web.base
         login(page, base, "radiologist1")
-        assert page.locator("#studies-total").inner_text() == "2"
+        assert page.locator("#studies-total").inner_text() == "3"
         shoot(page, shots, "overview")
         page.goto(f"{base}/studies")
         for study in uid.values():
@@ -190,18 +193,20 @@ def test_console_on_real_studies(tmp_path: Path, studies: dict[str, tuple[Path, 
 
         page.goto(f"{base}/triage")
         order = page.locator("article.study").evaluate_all("els => els.map(e => e.dataset.study)")
-        assert order == [uid["high"], uid["small"]]
+        assert order == [uid["high"], uid["small"], uid["none"]]
         priorities = page.locator("article.study").evaluate_all("els => els.map(e => e.dataset.priority)")
-        assert priorities == ["HIGH", "ROUTINE"]
+        assert priorities == ["HIGH", "ROUTINE", "ROUTINE"]
         # (wait_for_function would evaluate a string: the console's Content-Security-Policy forbids that)
         widths = page.locator("img.key").evaluate_all(
             "els => Promise.all(els.map(i => i.complete ? i.naturalWidth : new Promise(done => {"
             " i.onload = () => done(i.naturalWidth); i.onerror = () => done(0); })))"
         )
         assert len(widths) == 2 and all(w >= 256 for w in widths), widths
+        page.locator("details").evaluate_all("els => els.forEach(e => { e.open = true; })")  # show the "why"
+        assert "Rule fired: Nodule with longest axial diameter >= 6 mm -> HIGH" in page.locator("main").inner_text()
         shoot(page, shots, "triage")
         worklist = web.json("/api/v1/worklist")
-        assert [len(item["findings"]) for item in worklist] == [1, 1]
+        assert [len(item["findings"]) for item in worklist] == [1, 1, 0]
         for item, name in zip(worklist, ("high", "small"), strict=False):
             finding = item["findings"][0]
             response = page.request.get(base + finding["key_image"])
