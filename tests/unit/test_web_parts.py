@@ -175,3 +175,30 @@ def test_index_reader_pages_filters_and_never_writes(tmp_path: Path) -> None:
     assert reader.writable() is None
     reader.close()
     index.close()
+
+
+def test_users_hash_and_token_commands_print_what_the_config_takes(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    hashed = subprocess.run(
+        [sys.executable, "-m", "node", "users", "hash"], input="a long password\n", capture_output=True, text=True
+    )
+    assert hashed.returncode == 0, hashed.stderr
+    digest = hashed.stdout.strip()
+    assert PasswordHasher().verify(digest, "a long password")
+    short = subprocess.run(
+        [sys.executable, "-m", "node", "users", "hash"], input="short\n", capture_output=True, text=True
+    )
+    assert short.returncode == 1 and "at least 8 characters" in short.stderr
+    made = subprocess.run([sys.executable, "-m", "node", "users", "token"], capture_output=True, text=True)
+    token, sha = (line.split(":", 1)[1].strip() for line in made.stdout.splitlines())
+    assert token_sha256(token) == sha
+    config = parse_config(
+        web(
+            f'[[web.users]]\nname = "ann"\npassword_hash = "{digest}"\n'
+            f'[[web.tokens]]\nname = "prom"\nsha256 = "{sha}"\n'
+        )
+    )
+    auth = Auth(config.web)
+    assert auth.login("ann", "a long password", "10.0.0.9") is not None and auth.bearer(token) is not None
