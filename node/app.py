@@ -45,6 +45,7 @@ from node.routing import Router
 from node.routing.log import RoutingLog
 from node.store import DiskGuard, Index, Spool, free_mb
 from node.store.completion import CompletionTimer
+from node.store.journal import JOURNAL_DIR, Checkpointer, Journal, replay
 from node.store.retention import Retention
 from node.web import ONE_TIME_ENV
 
@@ -89,6 +90,11 @@ class NodeService:
         self.spool = Spool(node.spool_dir)
         self.spool.cleanup_temp()  # before any association: no write is in progress yet
         self.index = Index(node.index_path)
+        # Instances acknowledged before a crash whose file or row was not yet synced: written again.
+        journal_dir = node.data_dir / JOURNAL_DIR
+        replay(journal_dir, self.spool, self.index)
+        self.journal = Journal(journal_dir)
+        self.checkpointer = Checkpointer(self.journal, tuple({node.spool_dir, node.index_path.parent}))
         self.jobs = analysis_job_store(config)
         self.routing_log = RoutingLog(node.data_dir / "routing.sqlite3")
         self.audit = AuditTrail(audit_path(node.data_dir), node.ae_title)
@@ -105,6 +111,7 @@ class NodeService:
             keep_first=config.duplicates.policy == "keep-first",
             reanalyse_late=config.completion.late_instances == "reanalyse",
             on_stored=lambda *_: self.router.wake.set(),  # the router thread reads the new row; nothing else here
+            journal=self.journal,
         )
         self.receiver = Receiver(config, self.handler, self.audit)
         self.timer = CompletionTimer(self.index, config.completion, self.router.study_complete)
@@ -115,6 +122,7 @@ class NodeService:
             audit=self.audit,
             routed_up_to=self.routing_log.cursor,
             forget=self.router.forget,
+            checkpoint=self.checkpointer.checkpoint,
         )
 
         def command(name: str) -> list[str]:
@@ -165,6 +173,7 @@ class NodeService:
         self.index.restart_quiet_periods(time.time())
         self._recover_deletions()
         self._router_thread.start()
+        self.checkpointer.start()
         self.receiver.start()
         self._record(
             "application-start",
@@ -281,6 +290,7 @@ class NodeService:
         self.sender.stop(deadline)
         step("sender")
         self.receiver.stop()
+        self.checkpointer.stop()  # every handler has returned: the journal ends empty
         (self.config.node.data_dir / STATUS_FILE).unlink(missing_ok=True)
         self.jobs.close()
         self.index.close()

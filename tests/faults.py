@@ -12,6 +12,12 @@ point              target    when the SIGKILL comes
 receive            serve     a random 0-3 ms after the k-th success status (k random): inside a C-STORE
 spool-to-index     serve     as soon as inotify sees the k-th spool temp file created, closed after its fsync,
                              or unlinked after its link into the spool (before the index row is committed)
+journal            serve     a random 0-3 ms after inotify sees the k-th write to the receive journal: after
+                             the append and before its sync, or after the sync and before the answer
+checkpoint         serve     as soon as the journal's checkpoint opens a new segment (before its syncfs)
+                             or deletes a covered one (after it)
+replay             serve     killed at a journal write as above, then killed again while the restart
+                             replays the journal (its first spool write), then restarted
 analysis           worker    a random time into the worker's run of the study's ``analyse`` job
 analysis           serve     idem, the whole tree (serve, worker, sender)
 send               sender    while sends of the study are running (forwards, or the SEG + SR)
@@ -82,6 +88,9 @@ SCANNER_S = 1.5
 KINDS: tuple[tuple[str, str], ...] = (
     ("receive", "serve"),
     ("spool-to-index", "serve"),
+    ("journal", "serve"),
+    ("checkpoint", "serve"),
+    ("replay", "serve"),
     ("analysis", "worker"),
     ("analysis", "serve"),
     ("send", "sender"),
@@ -149,6 +158,7 @@ def cpu_seconds(pid: int) -> float:
 class Inotify:
     """Linux inotify through ctypes (the standard library has none): enough to kill on a file event."""
 
+    MODIFY = 0x002
     CREATE = 0x100
     CLOSE_WRITE = 0x008
     DELETE = 0x200
@@ -690,6 +700,10 @@ class FaultRun:
             note = f"after {k} successes + {delay * 1000:.1f} ms"
         elif point == "spool-to-index":
             hit, note = self._kill_on_spool_event(study, thread)
+        elif point in ("journal", "replay"):
+            hit, note = self._kill_on_journal_write(study, thread)
+        elif point == "checkpoint":
+            hit, note = self._kill_on_checkpoint(thread)
         elif point == "analysis":
             thread.start()
             thread.join()
@@ -710,6 +724,10 @@ class FaultRun:
         serve_killed = target == "serve"
         if serve_killed:
             self.tally.not_acknowledged_at_kill += len(missing)
+            if point == "replay":
+                replayed, replay_note = self._kill_during_replay()
+                hit = hit and replayed
+                note += f"; {replay_note}"
             temps, orphans, seconds = self._after_serve_kill(study)
             note += f"; left {temps} temp, {orphans} unindexed; restart {seconds:.1f} s"
         else:
@@ -754,6 +772,83 @@ class FaultRun:
         assert self.node is not None and self.node.proc is not None
         self.node.proc.wait()
         return True, f"on {names[mask]} #{k}"
+
+    def _kill_on_journal_write(self, study: Study, thread: threading.Thread) -> tuple[bool, str]:
+        """Kill serve a random 0-3 ms after the k-th write to a journal segment (append, then its sync)."""
+        k = self.rng.randint(1, len(study.files) - 1)
+        delay = self.rng.uniform(0.0, 0.003)
+        fired = self._kill_on_events(self.data_dir / "journal", Inotify.MODIFY, k, thread, delay)
+        return fired, f"journal write #{k} + {delay * 1000:.1f} ms" + ("" if fired else " never seen")
+
+    def _kill_on_checkpoint(self, thread: threading.Thread) -> tuple[bool, str]:
+        """Kill serve when a checkpoint opens a new journal segment (before its syncfs) or deletes one (after)."""
+        mask = self.rng.choice([Inotify.CREATE, Inotify.DELETE])
+        fired = self._kill_on_events(self.data_dir / "journal", mask, 1, thread, 0.0)
+        what = "new segment" if mask == Inotify.CREATE else "segment deleted"
+        return fired, f"checkpoint: {what}" + ("" if fired else " never seen")
+
+    def _kill_on_events(self, folder: Path, mask: int, k: int, thread: threading.Thread, delay: float) -> bool:
+        """Start the scanner, kill serve ``delay`` s after the k-th ``mask`` event in ``folder``; reap serve.
+
+        Returns whether the event came (else serve is killed when the scanner is done).
+        """
+        watcher = Inotify()
+        fired = False
+        try:
+            watcher.watch(folder, mask)
+            serve = self.serve_pid
+            thread.start()
+            seen = 0
+            end = time.monotonic() + 30
+            while not fired and time.monotonic() < end and (thread.is_alive() or seen < k):
+                for event_mask, _ in watcher.events(0.2):
+                    if event_mask & mask:
+                        seen += 1
+                        if seen == k:
+                            time.sleep(delay)
+                            kill_tree(serve)
+                            fired = True
+                            break
+        finally:
+            watcher.close()
+        if not fired:
+            self.kill_serve()
+            return False
+        assert self.node is not None and self.node.proc is not None
+        self.node.proc.wait()
+        return True
+
+    def _kill_during_replay(self) -> tuple[bool, str]:
+        """Start serve and kill it at its first spool write during start-up (the journal's replay)."""
+        assert self.node is not None
+        node = self.node
+        watcher = Inotify()
+        failed: list[BaseException] = []
+
+        def start() -> None:
+            try:
+                node.start()
+            except RuntimeError as exc:  # it exits by our SIGKILL: expected
+                failed.append(exc)
+
+        try:
+            watcher.watch(self.data_dir / "spool" / ".tmp", Inotify.CREATE)
+            starter = threading.Thread(target=start, name="start-for-replay")
+            starter.start()
+            fired = False
+            end = time.monotonic() + 20
+            while starter.is_alive() and time.monotonic() < end and not fired:
+                if watcher.events(0.05) and node.proc is not None:
+                    kill_tree(node.proc.pid)
+                    fired = True
+            starter.join()
+        finally:
+            watcher.close()
+        if node.proc is not None and node.proc.poll() is None:
+            self.kill_serve()  # nothing to replay: it started; stop it so the restart starts it again
+        elif node.proc is not None:
+            node.proc.wait()
+        return fired, "killed in replay" if fired else "nothing replayed"
 
     def _kill_analysis(self, study: Study, target: str, job: dict[str, Any] | None, delay: float) -> tuple[bool, str]:
         if target == "serve":

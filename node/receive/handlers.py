@@ -7,12 +7,17 @@ It does only this, and answers SUCCESS only after both durable steps (DESIGN §4
     SOP Class not the context's abstract syntax?     -> SOP_CLASS_NOT_SUPPORTED (0x0122)
     UIDs from the dataset bytes (no pixel decoding)  -> CANNOT_UNDERSTAND* / DATASET_DOES_NOT_MATCH_SOP_CLASS
     UIDs usable as file names?                       -> CANNOT_UNDERSTAND_INVALID_UID
-    write the bytes as received: temp, fsync, rename -> OUT_OF_RESOURCES if the OS refuses
-    (keep-first and already stored: keep the stored file, count a duplicate)
     study being deleted by retention for too long    -> OUT_OF_RESOURCES (nothing written)
+    write the bytes as received: temp, rename        -> OUT_OF_RESOURCES if the OS refuses
+    (keep-first and already stored: keep the stored file, count a duplicate)
     commit the index row                             -> OUT_OF_RESOURCES if the commit fails
+    journal record (row + bytes), group-committed    -> OUT_OF_RESOURCES if the write or sync fails
     late instance of a complete study and late_instances = "reanalyse": reopen the study
     -> SUCCESS
+
+With a journal (:mod:`node.store.journal`, what ``serve`` uses) the file and the row are written without
+syncing and the journal's one sync, shared with the other associations, makes the instance durable;
+without one (tests of the store alone) the file and the row are each synced.
     anything unexpected                              -> PROCESSING_FAILURE (logged with its traceback)
 
 Failure responses carry an Error Comment (at most 64 characters) naming the problem, never a value.
@@ -36,6 +41,7 @@ from node.dicom.status import Status
 from node.metrics import metrics
 from node.receive.identify import Identity, UnacceptableError, identify
 from node.store import DiskGuard, Index, InvalidUIDError, Spool, StoreError, part10_bytes
+from node.store.journal import Journal, Record
 from node.store.spool import AlreadyStoredError
 
 log = logging.getLogger(__name__)
@@ -91,7 +97,9 @@ class StoreHandler:
         reanalyse_late: bool = True,
         on_stored: Callable[[Identity, str, str], None] | None = None,
         clock: Callable[[], float] = time.time,
+        journal: Journal | None = None,
     ) -> None:
+        self.journal = journal
         self.spool = spool
         self.index = index
         self.guard = guard
@@ -212,6 +220,8 @@ class StoreHandler:
             stored_already = self.keep_first and self.spool.exists(
                 who.study_instance_uid, who.series_instance_uid, who.sop_instance_uid
             )
+            journal = self.journal
+            written = False
             if not stored_already:
                 # AlreadyStoredError: keep-first lost a race against another association; the first file stays.
                 with contextlib.suppress(AlreadyStoredError):
@@ -221,21 +231,29 @@ class StoreHandler:
                         who.sop_instance_uid,
                         data,
                         overwrite=not self.keep_first,
+                        durable=journal is None,
                     )
-            recorded = self.index.record(
-                sop_instance_uid=who.sop_instance_uid,
-                study_instance_uid=who.study_instance_uid,
-                series_instance_uid=who.series_instance_uid,
-                sop_class_uid=who.sop_class_uid,
-                transfer_syntax_uid=str(meta.TransferSyntaxUID),
-                path=relative,
-                size=len(data),
-                calling_ae=event.assoc.requestor.ae_title.strip(),
-                association_id=key,
-                replace=not self.keep_first,
-                called_ae=event.assoc.acceptor.ae_title.strip(),
-                source_address=str(event.assoc.requestor.address),
-            )
+                    written = True
+            fields = {
+                "sop_instance_uid": who.sop_instance_uid,
+                "study_instance_uid": who.study_instance_uid,
+                "series_instance_uid": who.series_instance_uid,
+                "sop_class_uid": who.sop_class_uid,
+                "transfer_syntax_uid": str(meta.TransferSyntaxUID),
+                "path": relative,
+                "calling_ae": event.assoc.requestor.ae_title.strip(),
+                "association_id": key,
+                "called_ae": event.assoc.acceptor.ae_title.strip(),
+                "source_address": str(event.assoc.requestor.address),
+            }
+            recorded = self.index.record(**fields, size=len(data), replace=not self.keep_first, durable=journal is None)
+            if journal is not None:
+                if written:
+                    row = {**fields, "size": len(data), "received_at": recorded.received_at}
+                    journal.append(Record({**row, "replace": not self.keep_first}, data))
+                else:
+                    # A duplicate under keep-first: its original may still be waiting for its sync.
+                    journal.barrier()
             if recorded.late and recorded.new and self.reanalyse_late:
                 self.index.reopen_study(who.study_instance_uid, self._clock())
         except StoreError as exc:

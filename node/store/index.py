@@ -47,6 +47,7 @@ from node.store.rows import (
     StudySummary,
 )
 from node.store.spool import StoreError
+from node.store.watch import CompletionBookkeeping
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ class StudyBeingDeletedError(StoreError):
     """
 
 
-class Index(DeletionBookkeeping):
+class Index(CompletionBookkeeping, DeletionBookkeeping):
     """SQLite index of the spool, safe to share between threads.
 
     Parameters
@@ -131,14 +132,18 @@ class Index(DeletionBookkeeping):
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
         """One write transaction under the lock, committed (and fsynced) on exit, rolled back on error.
 
         BEGIN IMMEDIATE takes the write lock up front, so another process cannot make this transaction
-        fail half-way with SQLITE_BUSY on its first write.
+        fail half-way with SQLITE_BUSY on its first write. ``durable=False``: the commit is not synced
+        (WAL frames reach the disk with the next synced commit or checkpoint).
         """
         with immediate_transaction(
-            self._db, self._lock, lambda exc: IndexDatabaseError(f"cannot write the index {self.path}: {exc}")
+            self._db,
+            self._lock,
+            lambda exc: IndexDatabaseError(f"cannot write the index {self.path}: {exc}"),
+            synchronous="FULL" if durable else "NORMAL",
         ) as conn:
             yield conn
 
@@ -170,8 +175,13 @@ class Index(DeletionBookkeeping):
         replace: bool = False,
         called_ae: str = "",
         source_address: str = "",
+        durable: bool = True,
     ) -> Recorded:
         """Record a stored instance and commit before returning.
+
+        ``durable=False`` commits without syncing (``synchronous=NORMAL`` for this one transaction):
+        the caller has made the row durable in the receive journal, which rebuilds it after a crash.
+        The next synced commit (or the journal's checkpoint) makes it durable here too.
 
         A duplicate (SOP Instance UID already indexed) increments its study's duplicate counter. With
         ``replace=True`` (the spool file was replaced) the row is updated to describe the new file;
@@ -197,7 +207,7 @@ class Index(DeletionBookkeeping):
             called_ae,
             source_address,
         )
-        with self._write() as db:
+        with self._write(durable) as db:
             marks = ",".join("?" * len(row))
             new = db.execute(f"INSERT OR IGNORE INTO instances ({COLUMNS}) VALUES ({marks})", row).rowcount
             if not new and replace:
@@ -219,7 +229,28 @@ class Index(DeletionBookkeeping):
                 (study_instance_uid, now, now, now, 0 if new else 1),
             )
         log.debug("recorded %s in study %s (%s)", sop_instance_uid, study_instance_uid, "new" if new else "duplicate")
-        return Recorded(new=bool(new), late=completed is not None and completed[0] is not None)
+        return Recorded(new=bool(new), late=completed is not None and completed[0] is not None, received_at=now)
+
+    def restore(self, row: dict[str, object], replace: bool) -> None:
+        """Put a journalled row back (replay after a crash): insert it if missing, or, with ``replace``,
+        make the row describe it; its study is created if missing. Duplicates are not counted again.
+        """
+        values = tuple(row[name.strip()] for name in COLUMNS.split(","))
+        study, received = str(row["study_instance_uid"]), float(str(row["received_at"]))
+        update = ", ".join(f"{name.strip()} = excluded.{name.strip()}" for name in COLUMNS.split(",")[1:])
+        conflict = f"DO UPDATE SET {update}" if replace else "DO NOTHING"
+        with self._write() as db:
+            marks = ",".join("?" * len(values))
+            db.execute(
+                f"INSERT INTO instances ({COLUMNS}) VALUES ({marks}) ON CONFLICT (sop_instance_uid) {conflict}", values
+            )
+            db.execute(
+                "INSERT INTO studies (study_instance_uid, first_received_at, last_received_at, last_activity_at)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (study_instance_uid) DO UPDATE SET"
+                " last_received_at = MAX(last_received_at, excluded.last_received_at),"
+                " last_activity_at = MAX(last_activity_at, excluded.last_activity_at)",
+                (study, received, received, received),
+            )
 
     def get(self, sop_instance_uid: str) -> Instance | None:
         rows = self._read(f"SELECT {COLUMNS} FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,))
@@ -283,28 +314,7 @@ class Index(DeletionBookkeeping):
         rows = self._read("SELECT duplicates FROM studies WHERE study_instance_uid = ?", (study_instance_uid,))
         return int(rows[0][0]) if rows else 0
 
-    # -- completion ------------------------------------------------------------------------------------
-
-    def touch_study(self, study_instance_uid: str, now: float) -> None:
-        """Move a known study's activity time to `now` (never backwards), restarting its quiet period."""
-        with self._write() as db:
-            db.execute(
-                "UPDATE studies SET last_activity_at = MAX(last_activity_at, ?) WHERE study_instance_uid = ?",
-                (now, study_instance_uid),
-            )
-
-    def restart_quiet_periods(self, now: float) -> int:
-        """At start-up: every study not yet complete gets a new quiet period from ``now``.
-
-        Open associations are kept in memory, so after a crash or a stop a study whose sender was cut off
-        would look quiet at once and be analysed half-received, before the sender could send the rest.
-        Returns how many studies are watched again.
-        """
-        with self._write() as db:
-            changed = db.execute(
-                "UPDATE studies SET last_activity_at = MAX(last_activity_at, ?) WHERE completed_at IS NULL", (now,)
-            ).rowcount
-        return int(changed)
+    # -- associations (completion and retention read them) ---------------------------------------------
 
     def association_opened(self, association_id: str) -> None:
         with self._lock:
@@ -347,54 +357,3 @@ class Index(DeletionBookkeeping):
         """How many open associations have carried the study."""
         with self._lock:
             return sum(study_instance_uid in studies for studies in self._open.values())
-
-    def set_quiet_seconds(self, study_instance_uid: str, seconds: float) -> None:
-        """A routing rule's quiet period for the study; the shortest one given wins."""
-        with self._write() as db:
-            db.execute(
-                "UPDATE studies SET quiet_seconds = MIN(COALESCE(quiet_seconds, ?), ?) WHERE study_instance_uid = ?",
-                (seconds, seconds, study_instance_uid),
-            )
-
-    def quiet_studies(self, now: float, quiet_seconds: float, max_wait_seconds: float) -> list[str]:
-        """Studies not yet complete that the completion timer may declare complete now.
-
-        A study qualifies when no open association carries it and its last activity is at least
-        A study qualifies when no open association carries it and its last activity is at least
-        `quiet_seconds` old (or its own quiet period, see :meth:`set_quiet_seconds`), or, whatever its
-        associations do, when its first instance (or, for a reopened study, its reopening) is at least
-        `max_wait_seconds` old (a stuck sender cannot hold a study forever).
-        """
-        rows = self._read(
-            "SELECT study_instance_uid, last_activity_at <= ? - COALESCE(quiet_seconds, ?),"
-            " COALESCE(watch_from, first_received_at) <= ? FROM studies WHERE completed_at IS NULL"
-            " AND (last_activity_at <= ? - COALESCE(quiet_seconds, ?) OR COALESCE(watch_from, first_received_at) <= ?)"
-            " ORDER BY first_received_at",
-            (now, quiet_seconds, now - max_wait_seconds, now, quiet_seconds, now - max_wait_seconds),
-        )
-        with self._lock:
-            carried = set().union(*self._open.values()) if self._open else set()
-        return [str(study) for study, quiet, capped in rows if capped or (quiet and study not in carried)]
-
-    def reopen_study(self, study_instance_uid: str, now: float) -> bool:
-        """Watch a completed study again (a late instance arrived); its max wait counts from `now`.
-
-        Returns whether the study was complete (and is now reopened).
-        """
-        with self._write() as db:
-            changed = db.execute(
-                "UPDATE studies SET completed_at = NULL, watch_from = ?, last_activity_at = MAX(last_activity_at, ?)"
-                " WHERE study_instance_uid = ? AND completed_at IS NOT NULL",
-                (now, now, study_instance_uid),
-            ).rowcount
-        if changed:
-            log.info("study reopened by a late instance")
-        return bool(changed)
-
-    def mark_complete(self, study_instance_uid: str, now: float) -> None:
-        with self._write() as db:
-            db.execute(
-                "UPDATE studies SET completed_at = ? WHERE study_instance_uid = ? AND completed_at IS NULL",
-                (now, study_instance_uid),
-            )
-        log.debug("study %s complete", study_instance_uid)

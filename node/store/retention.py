@@ -20,6 +20,8 @@ Deleting one study, each step committed (or fsynced) before the next::
                                 complete, quiet, routed, carried by no association, (old enough).
                                 From here on an association bringing the study waits (Index docstring).
     2. jobs of the study        any not done? Index.abandon_deletion: back in service, nothing touched
+                                (first the receive journal's checkpoint: the study's journalled instances,
+                                all from before the marker, leave the journal before its files and rows)
     3. take out                 spool/<study>/ and outbox/analyse-<id>/ renamed into data_dir/.trash/,
                                 directories fsynced (a rename is quick whatever the study's size, so
                                 waiting associations wait for milliseconds, not for thousands of unlinks)
@@ -138,8 +140,12 @@ class Retention:
         forget: Callable[[str], object] | None = None,
         clock: Callable[[], float] = time.time,
         free_space: Callable[[Path], float] = free_mb,
+        checkpoint: Callable[[], object] | None = None,
     ) -> None:
         self.settings = config.retention
+        # The receive journal's checkpoint: a marked study's journalled instances must leave the journal
+        # before its files and rows do, or a replay after a crash would bring them back.
+        self._checkpoint = checkpoint
         self.node = config.node
         self.quiet_seconds = config.completion.quiet_seconds
         self.index = index
@@ -271,6 +277,8 @@ class Retention:
             log.error("a study with an invalid UID cannot be deleted by retention; it stays")
             self.index.abandon_deletion(study)
             return 0
+        if self._checkpoint is not None:
+            self._checkpoint()
         if self.jobs.unfinished_jobs_of_study(study):
             log.info("study kept by retention: it has unfinished jobs")
             self.index.abandon_deletion(study)

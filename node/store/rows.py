@@ -106,10 +106,13 @@ class Recorded:
         ``True`` for a first arrival, ``False`` for a duplicate SOP Instance UID (counted per study).
     late : bool
         The study had already been marked complete; the caller applies its late-instance policy.
+    received_at : float
+        The arrival time written in the row (the index's clock).
     """
 
     new: bool
     late: bool
+    received_at: float = 0.0
 
     @property
     def duplicate(self) -> bool:

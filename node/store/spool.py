@@ -177,6 +177,7 @@ class Spool:
         data: bytes | bytearray | memoryview | BinaryIO,
         *,
         overwrite: bool = True,
+        durable: bool = True,
     ) -> Path:
         """Store one instance durably and return its absolute path.
 
@@ -192,6 +193,10 @@ class Spool:
             when the new one is ready, the old one stays and :class:`AlreadyStoredError` is raised.
             Callers with keep-first should check :meth:`exists` first and skip the write. (Uses a hard
             link, which every local POSIX filesystem supports.)
+        durable : bool
+            ``False``: no fsync of the file or its directories. The file is complete and in place when
+            this returns, but only in the page cache: the caller has made the bytes durable elsewhere
+            (the receive journal, :mod:`node.store.journal`).
 
         Raises
         ------
@@ -206,7 +211,7 @@ class Spool:
         """
         final = self.path_for(study_uid, series_uid, sop_uid)
         try:
-            self._make_dirs(final.parent)
+            self._make_dirs(final.parent, durable)
             fd, temp_name = tempfile.mkstemp(suffix=_TEMP_SUFFIX, dir=self.temp_dir)
         except OSError as error:
             raise _write_error(self.root, error) from error
@@ -218,7 +223,8 @@ class Spool:
                 else:
                     shutil.copyfileobj(data, out, _COPY_CHUNK)
                 out.flush()
-                os.fsync(out.fileno())
+                if durable:
+                    os.fsync(out.fileno())
             if overwrite:
                 os.replace(temp, final)
             else:
@@ -235,10 +241,11 @@ class Spool:
             if isinstance(error, OSError):
                 raise _write_error(self.root, error) from error
             raise
-        try:
-            fsync_dir(final.parent)
-        except OSError as error:
-            raise _write_error(self.root, error) from error
+        if durable:
+            try:
+                fsync_dir(final.parent)
+            except OSError as error:
+                raise _write_error(self.root, error) from error
         log.debug("stored %s", final.relative_to(self.root))
         return final
 
@@ -256,7 +263,7 @@ class Spool:
             log.info("removed %d temp files left by interrupted writes in %s", removed, self.temp_dir)
         return removed
 
-    def _make_dirs(self, series_dir: Path) -> None:
+    def _make_dirs(self, series_dir: Path, durable: bool = True) -> None:
         """Create the study and series directories and make their entries durable.
 
         A new directory's name lives in its parent, so the parent is fsynced. ``mkdir`` runs on every
@@ -270,6 +277,8 @@ class Spool:
                 created = True
             except FileExistsError:
                 created = False
+            if not durable:
+                continue
             with self._lock:
                 known = directory in self._known_dirs
             if known and not created:
