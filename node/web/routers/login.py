@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import RedirectResponse, Response
 
 from node.web.auth import SESSION_COOKIE, Principal
+from node.web.context import WebContext
 from node.web.deps import TEMPLATES, context, require
 
 router = APIRouter()
+log = logging.getLogger(__name__)
+
+
+def _record(ctx: WebContext, event: str, outcome: str = "success", **fields: object) -> None:
+    """An audit record; one that cannot be written is logged, and the login goes on (as the receiver does)."""
+    try:
+        ctx.audit.record(event, outcome, **fields)
+    except OSError as exc:
+        log.error("cannot write the audit trail %s: %s", ctx.audit.path, exc)
 
 
 def _address(request: Request) -> str:
@@ -33,7 +44,7 @@ def _form(request: Request, error: str = "", status: int = 200) -> Response:
 
 def _session(request: Request, who: Principal, target: str) -> Response:
     ctx = context(request)
-    ctx.audit.record("user-login", user=who.name, role=who.role, address=_address(request))
+    _record(ctx, "user-login", user=who.name, role=who.role, address=_address(request))
     response = RedirectResponse(_safe(target), status_code=303)
     response.set_cookie(
         SESSION_COOKIE,
@@ -60,7 +71,7 @@ def login_form(request: Request, token: str | None = None) -> Response:
         return _too_many(request)
     who = ctx.auth.login_once(token, address)
     if who is None:
-        ctx.audit.record("user-login-failed", "minor failure", user="one-time-login", address=address)
+        _record(ctx, "user-login-failed", "minor failure", user="one-time-login", address=address)
         return _form(request, "this one-time login link is not valid (it works once)", 401)
     return _session(request, who, "/")
 
@@ -74,11 +85,11 @@ def login(
 ) -> Response:
     ctx, address = context(request), _address(request)
     if ctx.auth.limited(address):
-        ctx.audit.record("user-login-failed", "minor failure", user=username[:64], address=address, limited=True)
+        _record(ctx, "user-login-failed", "minor failure", user=username[:64], address=address, limited=True)
         return _too_many(request)
     who = ctx.auth.login(username, password, address)
     if who is None:
-        ctx.audit.record("user-login-failed", "minor failure", user=username[:64], address=address)
+        _record(ctx, "user-login-failed", "minor failure", user=username[:64], address=address)
         return _form(request, "wrong user name or password", 401)
     return _session(request, who, next)
 
@@ -88,7 +99,7 @@ def logout(request: Request, who: Annotated[Principal, Depends(require("read"))]
     ctx = context(request)
     if who.session is not None:
         ctx.auth.logout(who.session)
-        ctx.audit.record("user-logout", user=who.name, address=_address(request))
+        _record(ctx, "user-logout", user=who.name, address=_address(request))
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response
