@@ -5,17 +5,18 @@ What a C-STORE handler does with it, on the association's thread (DESIGN §3, §
     if not guard.ok():                                   -> 0xA700
     relative = spool.relative_path(study, series, sop)   InvalidUIDError -> 0xC000 range
     if keep_first and spool.exists(study, series, sop):  skip the write (count it as a duplicate below)
-    else: spool.write(study, series, sop, part10_bytes(event.file_meta, dataset_bytes),
-                      overwrite=not keep_first)          SpoolWriteError -> 0xA700
+    else: spool.write(..., durable=False)                SpoolWriteError -> 0xA700
                                                          AlreadyStoredError -> keep-first lost a race: go on
-    index.record(..., path=relative, replace=not keep_first)   IndexDatabaseError -> 0xA700
+    index.record(..., durable=False)                     IndexDatabaseError -> 0xA700
+    journal.append(Record(row, bytes))                   JournalError -> 0xA700 (one group-committed sync)
     -> 0x0000
 
-The file is durable before its row is committed, so after a crash every row has a complete file; a file
-without a row (crash between the two) is stored again when the sender retries, and ``record`` then
-reports it as new. ``spool.cleanup_temp()`` runs once at start-up, before associations are accepted.
-Retention (:mod:`node.store.retention`) deletes finished studies; ``index.association_carried`` waits
-while the study it is given is being deleted.
+The journal (:mod:`node.store.journal`) is what makes an answered instance durable; its checkpoint syncs
+the spool and index and drops covered segments, and ``replay`` at start-up writes back whatever a crash
+left only in the journal. Without a journal (``StoreHandler(journal=None)``) the file is fsynced before its
+row is committed, each with its own sync. ``spool.cleanup_temp()`` runs once at start-up, before
+associations are accepted. Retention (:mod:`node.store.retention`) deletes finished studies (after a
+journal checkpoint); ``index.association_carried`` waits while the study it is given is being deleted.
 
 Errors (all derive from ``node.errors.NodeError`` through ``StoreError``)::
 
