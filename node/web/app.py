@@ -39,6 +39,7 @@ def create_app(
         docs_url=None,
         redoc_url=None,
     )
+    https = config.web.certificate is not None
     app.state.ctx = WebContext(config, Auth(config.web, one_time_token, clock=clock), clock=clock)
 
     @app.exception_handler(LoginRequiredError)
@@ -58,6 +59,8 @@ def create_app(
         )
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "same-origin")
+        if https:
+            response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
         return response
 
     app.mount("/static", StaticFiles(directory=str(Path(__file__).parent / "static")), name="static")

@@ -54,6 +54,7 @@ def test_the_console_speaks_https_only_and_its_cookie_is_secure(tmp_path: Path) 
             response = client.post("/login", data={"username": "operator1", "password": PASSWORD})
             cookie = response.headers["set-cookie"].lower()
             assert response.status_code == 303 and "secure" in cookie and "httponly" in cookie
+            assert response.headers["strict-transport-security"] == "max-age=31536000"
         other = trustme.CA()
         other.cert_pem.write_to_path(str(tmp_path / "other.pem"))
         try:
