@@ -1,19 +1,22 @@
-"""Benchmark instance-level forwarding: storescu -> node -> storescp, beside storescu -> storescp directly.
+"""Benchmark instance-level forwarding: storescu -> node -> storescp, beside direct and Orthanc's auto-routing.
 
-    .venv/bin/python bench/route.py [--repeat 5] [--slices 300] [--associations 2] [--json FILE] [--keep]
+    .venv/bin/python bench/route.py [--repeat 5] [--slices 300] [--associations 2] [--targets 1|2]
+                                    [--no-orthanc] [--json FILE] [--keep]
 
 Writes a phantom CT series once (``pacs-node synth ct --seed 3``: 512x512 int16 slices, about 512 KiB a
-file; bench/ingest.py's generator) and, per repetition, sends it twice with DCMTK ``storescu`` (one
-association, TCP_NODELAY=1), in alternating order (direct first in odd repetitions, node first in even
-ones):
+file; bench/ingest.py's generator) and, per repetition, sends it with DCMTK ``storescu`` (one association,
+TCP_NODELAY=1) three ways, each of them first in turn:
 
   direct  storescu -> DCMTK storescp (``+xa``: every transfer syntax; TCP_NODELAY=1; writes each file
-          before it answers, never fsyncs, serves one association at a time)
-  node    storescu -> ``pacs-node serve`` -> storescp (the same kind, a fresh one). The node: workers count
-          0, no [analysis] (with [[rules]], analysis.models may not be written), one rule
-          ``level = "instance"``, ``when = Modality equals CT``, ``forward = ["scp"]``, so every instance
-          is queued as a ``send:scp`` job as it is indexed, while the rest of the series still arrives;
+          before it answers, never fsyncs, serves one association at a time): the ceiling
+  node    storescu -> ``pacs-node serve`` -> storescp(s) (the same kind, fresh ones). The node: workers
+          count 0, no [analysis], one rule ``level = "instance"``, ``when = Modality equals CT``,
+          ``forward = ["scp"]`` (``["scp", "scp2"]`` with ``--targets 2``), so every instance is queued as
+          a ``send:<peer>`` job as it is indexed, while the rest of the series still arrives;
           ``sender.associations_per_peer = --associations``; other settings at their defaults
+  orthanc storescu -> Orthanc (plugins off, fsync on, SQLite index, TCP_NODELAY=1) whose Lua
+          ``OnStoredInstance`` calls ``SendToModality`` for each target -> storescp(s): the auto-routing
+          that sites already have (issue 16's comparison; ``--no-orthanc`` leaves it out)
 
 Every run starts a fresh storescp on an empty output folder and, for the node, a fresh ``pacs-node serve``
 on an empty data_dir (tests/nodeproc.py), which must answer C-ECHO before the run starts; start-up is not
@@ -60,14 +63,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.ingest import BenchError, cpu_seconds, say, tail, versions, write_series
 from tests.nodeproc import NodeProcess
-from tests.peers import PeerError, StoreSCP, echoscu, storescu, wait_for
+from tests.peers import Orthanc, PeerError, StoreSCP, echoscu, storescu, wait_for
 
 NODE_AET = "PACSNODE"
 SENDER_AET = "STORESCU"
 SCP_AET = "STORESCP"
-PEER = "scp"
-SEND_KIND = f"send:{PEER}"
-TOOLS = ("storescu", "storescp", "echoscu")
+PEERS = ("scp", "scp2")  # the forwarding targets: --targets of them (fan-out with 2)
+TOOLS = ("storescu", "storescp", "echoscu", "Orthanc")
+# Orthanc's own auto-routing: a Lua hook forwards every stored instance to each modality, as sites do.
+ROUTE_LUA = """
+function OnStoredInstance(instanceId, tags, metadata, origin)
+{sends}
+end
+"""
+# issue 16's targets: node end to end / Orthanc auto-routing, by number of targets; latency p95.
+TARGET_VS_ORTHANC = {1: 1.2, 2: 1.0}
+TARGET_P95_MS = 300.0
 POLL_S = 0.02  # storescp's folder, while timing end-to-end
 
 
@@ -90,10 +101,17 @@ class Run:
     first_forward_s: float  # storescu start -> the first peer success
     node_cpu_s: float
     retried: int  # send jobs that needed more than one attempt
+    orthanc_s: float = 0.0  # storescu -> Orthanc (Lua auto-routing) -> every storescp holds all
+    orthanc_per_s: float = 0.0
 
 
-def node_config(scp: StoreSCP, associations: int) -> str:
-    """Everything but ``[node]`` (NodeProcess writes that)."""
+def node_config(scps: list[StoreSCP], associations: int) -> str:
+    """Everything but ``[node]`` (NodeProcess writes that): one rule forwarding to every storescp."""
+    peers = "".join(
+        f'[[peers]]\nname = "{name}"\nae_title = "{scp.aet}"\nhost = "127.0.0.1"\nport = {scp.port}\n\n'
+        for name, scp in zip(PEERS, scps, strict=False)
+    )
+    forward = ", ".join(f'"{name}"' for name in PEERS[: len(scps)])
     return f"""\
 [limits]
 min_free_disk_mb = 0
@@ -109,17 +127,11 @@ name = "scanner"
 ae_title = "{SENDER_AET}"
 allow_store = true
 
-[[peers]]
-name = "{PEER}"
-ae_title = "{scp.aet}"
-host = "127.0.0.1"
-port = {scp.port}
-
-[[rules]]
+{peers}[[rules]]
 name = "ct-to-scp"
 level = "instance"
 when = {{ attribute = "Modality", equals = "CT" }}
-forward = ["{PEER}"]
+forward = [{forward}]
 """
 
 
@@ -160,16 +172,18 @@ def read_db(path: Path, query: str) -> list[tuple[Any, ...]]:
 
 
 def send_jobs(data_dir: Path) -> list[tuple[str, str, int, float]]:
-    """(SOP Instance UID, state, attempts, updated) of every send job; none before the job store exists."""
+    """(peer/SOP Instance UID, state, attempts, updated) of every send job; none before the job store exists."""
     path = data_dir / "jobs.sqlite3"
     if not path.exists():
         return []
     rows = read_db(path, "SELECT kind, payload, state, attempts, updated FROM jobs WHERE kind LIKE 'send:%'")
     out = []
+    kinds = {f"send:{name}" for name in PEERS}
     for kind, payload, state, attempts, updated in rows:
-        if kind != SEND_KIND:
-            raise BenchError(f"a send job of kind {kind!r}: only {SEND_KIND!r} was expected")
-        out.append((str(json.loads(payload)["sop"]), str(state), int(attempts), float(updated)))
+        if kind not in kinds:
+            raise BenchError(f"a send job of kind {kind!r}: only {sorted(kinds)} were expected")
+        key = f"{kind[5:]}/{json.loads(payload)['sop']}"
+        out.append((key, str(state), int(attempts), float(updated)))
     return out
 
 
@@ -207,11 +221,62 @@ class Through:
     retried: int
 
 
-def through_node(folder: Path, expected: dict[str, str], workdir: Path, args: argparse.Namespace) -> Through:
-    """storescu -> a fresh node -> a fresh storescp; timings and per-instance latencies."""
+def storescps(stack: contextlib.ExitStack, workdir: Path, targets: int) -> list[StoreSCP]:
+    """``targets`` fresh storescps (AE titles STORESCP, STORESCP2), stopped with ``stack``."""
+    return [
+        stack.enter_context(
+            StoreSCP(
+                workdir / f"received{k or ''}",
+                transfer_syntaxes="all",
+                aet=f"{SCP_AET}{k + 1 if k else ''}",
+                nodelay=True,
+            )
+        )
+        for k in range(targets)
+    ]
+
+
+def through_orthanc(folder: Path, expected: dict[str, str], workdir: Path, targets: int) -> tuple[float, float]:
+    """storescu -> a fresh Orthanc whose Lua hook forwards each stored instance -> fresh storescps.
+
+    Orthanc as the issue measured it: plugins off, its default fsync of every file, SQLite index,
+    TCP_NODELAY=1, ``SendToModality`` once per target in ``OnStoredInstance``. Returns (seconds until
+    storescu exits, seconds until every storescp holds every instance).
+    """
     files = len(expected)
-    with StoreSCP(workdir / "received", transfer_syntaxes="all", aet=SCP_AET, nodelay=True) as scp:
-        node = NodeProcess(workdir / "node", node_config(scp, args.associations), ae_title=NODE_AET)
+    with contextlib.ExitStack() as stack:
+        scps = storescps(stack, workdir, targets)
+        script = workdir / "route.lua"
+        workdir.mkdir(parents=True, exist_ok=True)
+        sends = "\n".join(f"  SendToModality(instanceId, '{name}')" for name in PEERS[:targets])
+        script.write_text(ROUTE_LUA.format(sends=sends), encoding="utf-8")
+        modalities = {name: [scp.aet, "127.0.0.1", scp.port] for name, scp in zip(PEERS, scps, strict=False)}
+        config = {"LuaScripts": [str(script)], "DicomModalities": modalities}
+        pacs = stack.enter_context(Orthanc(workdir / "orthanc", config=config, nodelay=True, graceful_exit=False))
+        began = time.perf_counter()
+        storescu(folder, pacs.dicom_port, aet=SENDER_AET, aec=pacs.aet, nodelay=True, timeout=600)
+        received = time.perf_counter() - began
+
+        def all_there() -> float | None:
+            return time.perf_counter() if all(len(os.listdir(scp.out_dir)) >= files for scp in scps) else None
+
+        try:
+            complete = wait_for(all_there, timeout=300, interval=POLL_S, what="Orthanc's routing to finish")
+        except TimeoutError:
+            raise BenchError(f"Orthanc routed {[len(scp.files()) for scp in scps]} of {files}") from None
+        assert complete is not None
+        for scp in scps:
+            check_received(scp, expected, "through Orthanc")
+    return received, complete - began
+
+
+def through_node(folder: Path, expected: dict[str, str], workdir: Path, args: argparse.Namespace) -> Through:
+    """storescu -> a fresh node -> fresh storescps; timings and per-instance latencies."""
+    files = len(expected)
+    with contextlib.ExitStack() as stack:
+        scps = storescps(stack, workdir, args.targets)
+        scp = scps[0]
+        node = NodeProcess(workdir / "node", node_config(scps, args.associations), ae_title=NODE_AET)
         try:
             try:
                 node.start()
@@ -244,7 +309,7 @@ def through_node(folder: Path, expected: dict[str, str], workdir: Path, args: ar
 
             def all_there() -> float | None:
                 alive()
-                return time.time() if len(os.listdir(scp.out_dir)) >= files else None
+                return time.time() if all(len(os.listdir(s.out_dir)) >= files for s in scps) else None
 
             try:
                 complete = wait_for(all_there, timeout=args.timeout, interval=POLL_S, what="storescp to hold all")
@@ -259,7 +324,7 @@ def through_node(folder: Path, expected: dict[str, str], workdir: Path, args: ar
             def settled() -> bool:
                 alive()
                 jobs = send_jobs(node.data_dir)
-                return len(jobs) >= files and all(state == "done" for _, state, _, _ in jobs)
+                return len(jobs) >= files * len(scps) and all(state == "done" for _, state, _, _ in jobs)
 
             with contextlib.suppress(TimeoutError):  # whatever is not done is reported below
                 wait_for(settled, timeout=30, interval=0.05, what="every send job to be done")
@@ -269,7 +334,8 @@ def through_node(folder: Path, expected: dict[str, str], workdir: Path, args: ar
                 raise BenchError(f"pacs-node serve exited with status {code} after SIGTERM:\n{tail(node.log_path)}")
         finally:
             node.kill()
-        check_received(scp, expected, "through the node")
+        for each in scps:
+            check_received(each, expected, "through the node")
 
     received = dict(read_db(node.data_dir / "index.sqlite3", "SELECT sop_instance_uid, received_at FROM instances"))
     if received.keys() != expected.keys():
@@ -279,13 +345,14 @@ def through_node(folder: Path, expected: dict[str, str], workdir: Path, args: ar
     if not_done:
         raise BenchError(f"{len(not_done)} send jobs are not done, e.g. {not_done[:3]}:\n{tail(node.log_path)}")
     success: dict[str, float] = {}
-    for sop, _, _, updated in jobs:
-        if sop in success:
-            raise BenchError(f"two done send jobs for one instance ({sop}): it was forwarded twice")
-        success[sop] = updated
-    if success.keys() != expected.keys():
-        raise BenchError(f"{len(success)} done send jobs, expected one for each of the {files} instances")
-    latencies = [success[sop] - float(received[sop]) for sop in expected]
+    for key, _, _, updated in jobs:
+        if key in success:
+            raise BenchError(f"two done send jobs for one instance and peer ({key}): it was forwarded twice")
+        success[key] = updated
+    wanted = {f"{name}/{sop}" for name in PEERS[: args.targets] for sop in expected}
+    if success.keys() != wanted:
+        raise BenchError(f"{len(success)} done send jobs, expected one for each of the {len(wanted)} (peer, instance)")
+    latencies = [success[key] - float(received[key.split("/", 1)[1]]) for key in wanted]
     return Through(
         receive_s=sent - began,
         e2e_s=complete - began,
@@ -297,13 +364,16 @@ def through_node(folder: Path, expected: dict[str, str], workdir: Path, args: ar
 
 
 def one_rep(rep: int, folder: Path, expected: dict[str, str], tmp: Path, args: argparse.Namespace) -> Run:
-    order = ("direct", "node") if rep % 2 == 0 else ("node", "direct")
-    direct_s = 0.0
+    names = ["direct", "node", *(["orthanc"] if args.orthanc else [])]
+    order = names[rep % len(names) :] + names[: rep % len(names)]  # each first in turn
+    direct_s = orthanc_s = 0.0
     node: Through | None = None
     for which in order:
         workdir = tmp / f"{rep}-{which}"
         if which == "direct":
             direct_s = direct(folder, expected, workdir)
+        elif which == "orthanc":
+            orthanc_s = through_orthanc(folder, expected, workdir, args.targets)[1]
         else:
             node = through_node(folder, expected, workdir, args)
         if not args.keep:
@@ -327,6 +397,8 @@ def one_rep(rep: int, folder: Path, expected: dict[str, str], tmp: Path, args: a
         first_forward_s=node.first_forward_s,
         node_cpu_s=node.node_cpu_s,
         retried=node.retried,
+        orthanc_s=orthanc_s,
+        orthanc_per_s=files / orthanc_s if orthanc_s else 0.0,
     )
 
 
@@ -345,15 +417,16 @@ COLUMNS = (
     ("first_forward_s", "1st fwd s", "{:9.2f}"),
     ("node_cpu_s", "node CPU", "{:9.2f}"),
     ("retried", "retried", "{:9.0f}"),
+    ("orthanc_per_s", "orthanc/s", "{:9.1f}"),
 )
 
 
 def line(label: str, values: dict[str, Any], order: str) -> str:
-    return f"  {label:6s} {order:11s} " + " ".join(fmt.format(values[key]) for key, _, fmt in COLUMNS)
+    return f"  {label:6s} {order:19s} " + " ".join(fmt.format(values[key]) for key, _, fmt in COLUMNS)
 
 
-def report(runs: list[Run]) -> dict[str, float]:
-    print(f"  {'run':6s} {'order':11s} " + " ".join(f"{head:>9s}" for _, head, _ in COLUMNS))
+def report(runs: list[Run], targets: int) -> dict[str, float]:
+    print(f"  {'run':6s} {'order':19s} " + " ".join(f"{head:>9s}" for _, head, _ in COLUMNS))
     for run in runs:
         print(line(str(run.rep + 1), asdict(run), run.order))
     medians = {key: float(statistics.median(getattr(r, key) for r in runs)) for key, _, _ in COLUMNS}
@@ -369,7 +442,22 @@ def report(runs: list[Run]) -> dict[str, float]:
         f"latency received -> peer success under that load, median over runs: p50 {medians['latency_p50_ms']:.0f} ms, "
         f"p95 {medians['latency_p95_ms']:.0f} ms"
     )
-    return medians | {"e2e_vs_direct": ratio, "receive_vs_direct": receive_ratio}
+    out = medians | {"e2e_vs_direct": ratio, "receive_vs_direct": receive_ratio}
+    if medians["orthanc_per_s"]:
+        vs = medians["e2e_per_s"] / medians["orthanc_per_s"]
+        goal = TARGET_VS_ORTHANC[targets]
+        out["e2e_vs_orthanc"] = vs
+        print(
+            f"node end-to-end / Orthanc auto-routing: {vs:.2f} x ({medians['e2e_per_s']:.1f} vs "
+            f"{medians['orthanc_per_s']:.1f}/s); target >= {goal:g} x with {targets} target(s): "
+            f"{'met' if vs >= goal else 'NOT met'}"
+        )
+    p95_ok = medians["latency_p95_ms"] <= TARGET_P95_MS
+    print(
+        f"target: latency p95 <= {TARGET_P95_MS:g} ms: {'met' if p95_ok else 'NOT met'}; "
+        f"retried sends: {medians['retried']:.0f}"
+    )
+    return out
 
 
 # -- main -----------------------------------------------------------------------------------------------
@@ -388,11 +476,17 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--timeout", type=float, default=120.0, help="seconds after the send for storescp to hold all (default 120)"
     )
+    parser.add_argument("--targets", type=int, default=1, help="forwarding targets, 1 or 2 (fan-out; default 1)")
+    parser.add_argument(
+        "--no-orthanc", dest="orthanc", action="store_false", help="leave out the Orthanc auto-routing row"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary folders (series, received data, logs)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures as JSON here")
     args = parser.parse_args()
     if args.repeat < 1 or args.slices < 1 or not 1 <= args.associations <= 16 or args.timeout <= 0:
         parser.error("--repeat and --slices must be >= 1, --associations 1..16, --timeout > 0")
+    if args.targets not in (1, 2):
+        parser.error("--targets: 1 or 2")
     return args
 
 
@@ -440,14 +534,15 @@ def main() -> int:
     )
     print(f"{info['storescu']}; Python {info['python']}; {info['cpus']} CPUs; commit {info['commit']}")
     print(
-        f'node: one instance-level rule forward = ["{PEER}"], workers count 0, associations_per_peer '
-        f"{args.associations}; storescp +xa, TCP_NODELAY=1, one association at a time; fresh node and storescp "
-        f"each run; instances/s, seconds, latency received -> peer success; {args.repeat} runs\n"
+        f"node: one instance-level rule forwarding to {args.targets} storescp(s), workers count 0, "
+        f"associations_per_peer {args.associations}; storescp +xa, TCP_NODELAY=1, one association at a time; "
+        f"Orthanc (Lua OnStoredInstance -> SendToModality per target, fsync on); fresh node, Orthanc and "
+        f"storescps each run; instances/s, seconds, latency received -> peer success; {args.repeat} runs\n"
     )
-    summary = report(runs)
+    summary = report(runs, args.targets)
     command = (
         f".venv/bin/python bench/route.py --repeat {args.repeat} --slices {args.slices} --seed {args.seed} "
-        f"--associations {args.associations}"
+        f"--associations {args.associations} --targets {args.targets}" + ("" if args.orthanc else " --no-orthanc")
     )
     print(f"\ntook {elapsed:.0f} s; reproduce with: {command}")
     if args.keep:
