@@ -76,8 +76,8 @@ class InputSpec(BaseModel):
     # Required for images (checked below); the default only keeps the type simple for waveforms.
     window: Window = Window(center=0.0, width=1.0)
     # Waveforms: the leads fed in this order, the rate every lead is resampled to, the recording's
-    # rate below which it is refused, the seconds the network sees, and whether a channel of detected
-    # beats follows the leads.
+    # rate below which it is refused, the seconds the network sees, and whether two channels of the
+    # detected beats (positions and instantaneous rate) follow the leads.
     leads: tuple[str, ...] = ()
     sampling_rate_hz: float = Field(default=0.0, ge=0)
     min_sampling_rate_hz: float = Field(default=0.0, ge=0)
@@ -117,8 +117,8 @@ class InputSpec(BaseModel):
 
     @property
     def channels(self) -> int:
-        if self.kind == "waveform":
-            return len(self.leads) + int(self.beat_channel)
+        if self.kind == "waveform":  # the beats: their positions and the instantaneous rate (ecg/rhythm.py)
+            return len(self.leads) + 2 * int(self.beat_channel)
         return 1 + 2 * self.context_slices
 
 

@@ -12,6 +12,7 @@ from node.commands.output import progress_bar, say
 from node.errors import InputError
 
 if TYPE_CHECKING:
+    from node.analyse.runtime import Model
     from node.analyse.types import AnalysisResult
 
 
@@ -20,7 +21,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "analyse",
         help="analyse a series folder offline and write SEG + SR",
         description="Load every series in IN_DIR, run the model on each series its card accepts, and write "
-        "the DICOM SEG, the Comprehensive 3D SR (TID 1500) and findings.json into OUT_DIR.",
+        "the DICOM SEG, the Comprehensive 3D SR (TID 1500) and findings.json into OUT_DIR. With an ECG model "
+        "(--model ecg-rhythm) every 12-lead ECG file in IN_DIR gets an ECG report (Comprehensive SR, TID 3700).",
         epilog="example: pacs-node synth ct --out demo/ct && pacs-node analyse demo/ct --out demo/results",
     )
     p.add_argument("in_dir", type=Path, metavar="IN_DIR", help="folder with the DICOM files of a study or series")
@@ -62,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
     say(f"model {card.model.name} {card.model.version} (sha256 {card.model.sha256[:12]}... verified)")
     model = Model(card, threads=args.threads)
     files = [args.in_dir] if args.in_dir.is_file() else sorted(p for p in args.in_dir.rglob("*") if p.is_file())
+    if card.input.kind == "waveform":
+        return _run_waveforms(args, model, files)
     series = group_by_series(files)
     if not series:
         raise InputError(f"{args.in_dir}: no DICOM image series found")
@@ -98,4 +102,45 @@ def run(args: argparse.Namespace) -> int:
         analysed += 1
     if not analysed:
         raise InputError(f"{args.in_dir}: no series that model {card.model.name} accepts (see the reasons above)")
+    return 0
+
+
+def _run_waveforms(args: argparse.Namespace, model: Model, files: list[Path]) -> int:
+    """ECG recordings: each waveform file becomes an ECG report (TID 3700) and findings.json."""
+    from node.analyse.ecg.analysis import analyse_ecg, load, refusal
+    from node.encode import write_datasets
+    from node.encode.ecg_sr import build_ecg_sr, ecg_findings_json
+
+    card = model.card
+    analysed = 0
+    for path in files:
+        if path.name.startswith(".") or path.suffix.lower() in (".json", ".npz", ".txt"):
+            continue
+        try:
+            wave = load(path, card)
+        except InputError as exc:
+            say(f"{path.name}: skipped: {exc}")
+            continue
+        reason = refusal(wave, card)
+        if reason:
+            say(f"{path.name}: skipped: {reason}")
+            continue
+        result = analyse_ecg(wave, model)
+        out_dir = args.out / wave.series_instance_uid
+        written = write_datasets([build_ecg_sr(result, card)], out_dir)
+        summary = ecg_findings_json(result, card, [p.name for p in written])
+        (out_dir / "findings.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        m = result.measurements
+        print(
+            f"{path.name}: {result.rhythm} (p {result.confidence:.2f}; rules: {result.rule_rhythm}), "
+            f"HR {m.heart_rate_bpm} bpm, PR {m.pr_ms} QRS {m.qrs_ms} QT {m.qt_ms} QTc {m.qtc_bazett_ms} ms (Bazett)"
+        )
+        print(f"  suggested priority: {result.priority} ({result.priority_reason})")
+        for written_path in [*written, out_dir / "findings.json"]:
+            print(f"  wrote {written_path}")
+        analysed += 1
+    if not analysed:
+        raise InputError(
+            f"{args.in_dir}: no ECG recording that model {card.model.name} accepts (see the reasons above)"
+        )
     return 0

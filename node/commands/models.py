@@ -13,6 +13,7 @@ from node.paths import default_models_dir
 
 if TYPE_CHECKING:
     from node.analyse.evaluate import Report
+    from node.analyse.runtime import Model
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -25,13 +26,15 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     v.set_defaults(func=run_verify)
     e = verbs.add_parser(
         "evaluate",
-        help="score a model on held-out phantom series beside a classical baseline",
+        help="score a model on held-out phantom series (or ECG recordings) beside a classical baseline",
         description="Generate held-out phantom series (seeds never used in training), run the whole pipeline and "
         "a classical OpenCV baseline on each, and print Dice per label and per-nodule sensitivity, precision, "
         "F1, false positives per scan and median volume error, side by side.",
     )
     e.add_argument("name")
-    e.add_argument("--series", type=int, default=10, help="number of held-out series (default 10)")
+    e.add_argument(
+        "--series", type=int, default=10, help="number of held-out series, or recordings for an ECG model (default 10)"
+    )
     e.add_argument(
         "--first-seed",
         type=int,
@@ -105,6 +108,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         )
     card = find_card(args.name, args.models_dir)
     model = Model(card, threads=args.threads)
+    if card.input.kind == "waveform":
+        return _evaluate_waveform(args, model, first)
     say(
         f"evaluating {card.model.name} {card.model.version} on {args.series} held-out series "
         f"(seeds {first}..{first + args.series - 1}, {args.slices} slices each) ..."
@@ -118,5 +123,26 @@ def run_evaluate(args: argparse.Namespace) -> int:
         path = card.directory / "model.toml"
         text = replace_table(path.read_text(encoding="utf-8"), "evaluation", _card_section(report))
         path.write_text(text, encoding="utf-8")
+        print(f"figures recorded in {path}")
+    return 0
+
+
+def _evaluate_waveform(args: argparse.Namespace, model: Model, first: int) -> int:
+    """``models evaluate`` for a waveform (ECG rhythm) model: ``--series`` held-out recordings."""
+    from node.analyse.ecg.evaluate import card_section, evaluate_ecg, format_ecg_report
+
+    card = model.card
+    say(
+        f"evaluating {card.model.name} {card.model.version} on {args.series} held-out recordings "
+        f"(seeds {first}..{first + args.series - 1}) beside the rule-based classifier ..."
+    )
+    report = evaluate_ecg(model, args.series, first, progress=lambda line: say("  " + line))
+    print(format_ecg_report(report))
+    if args.write_card:
+        assert card.directory is not None
+        path = card.directory / "model.toml"
+        path.write_text(
+            replace_table(path.read_text(encoding="utf-8"), "evaluation", card_section(report, card.model.name))
+        )
         print(f"figures recorded in {path}")
     return 0

@@ -29,6 +29,7 @@ from node.encode import encode_results, write_datasets
 from node.encode.findings import findings_json
 from node.errors import InputError
 from node.store import Index, Instance
+from node.worker.waveforms import analyse_recordings
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,19 @@ def analyse_study(
         paths = [spool_dir / row.path for row in rows]
         where = f"series {n} of {len(by_series)} ({len(paths)} instances)"
         reason = _header_refusal(paths[0], len(paths), model)
+        if reason is None and model.card.input.kind == "waveform":  # ECG: each instance is a recording
+            try:
+                made, outcome[series_uid] = analyse_recordings(paths, model, folder / series_uid, say)
+            except InputError as exc:
+                failures.append(f"{where}: {exc}")
+                outcome[series_uid] = f"failed: {exc}"
+                say(f"{where}: cannot be analysed (the reason is in the job's last error)")
+                continue
+            files += [
+                ResultFile(str(p.relative_to(data_dir)), str(d.SOPInstanceUID), str(d.SOPClassUID)) for p, d in made
+            ]
+            say(f"{where}: {outcome[series_uid]}")
+            continue
         if reason is None:
             try:
                 volume = load_series(paths, series_uid, buffer=buffer)

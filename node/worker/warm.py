@@ -29,7 +29,9 @@ from node.analyse.pipeline import analyse
 from node.analyse.runtime import Model
 from node.analyse.volume import load_series
 from node.encode import encode_results, write_datasets
+from node.synth.ecg import make_ecg
 from node.synth.phantom import make_phantom
+from node.worker.waveforms import analyse_recordings
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +57,8 @@ def tune_process(threshold: int = GC_THRESHOLD) -> None:
 
 
 def warm_up(models: Iterable[Model], slices: int = WARM_UP_SLICES) -> float:
-    """Run a small synthetic CT through load, analysis, encoding and writing once per model.
+    """Run a small synthetic CT (a synthetic ECG for a waveform model) through load, analysis, encoding and
+    writing once per model.
 
     Returns the seconds it took. A model that cannot analyse the phantom (another modality's input
     size, say) is logged and left cold: warming up is an optimisation, never a reason not to start.
@@ -68,6 +71,12 @@ def warm_up(models: Iterable[Model], slices: int = WARM_UP_SLICES) -> float:
         for model in models:
             name = model.card.model.name
             try:
+                if model.card.input.kind == "waveform":  # an ECG model warms up on a synthetic ECG
+                    ecg = make_ecg(WARM_UP_SEED, rate_hz=model.card.input.sampling_rate_hz).write_dicom(
+                        Path(tmp) / "ecg" / "ecg.dcm"
+                    )
+                    analyse_recordings([ecg], model, Path(tmp) / "out" / name)
+                    continue
                 result = analyse(load_series(series), model)
                 write_datasets(encode_results(result, model.card), Path(tmp) / "out" / name)
             except Exception as exc:  # any failure only means a slower first study

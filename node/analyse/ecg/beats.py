@@ -18,8 +18,10 @@ the twelve-lead derivative) and ``m(t)`` the spatial magnitude relative to the P
   instead fitted them better but ran 180 ms late on the real ECG, whose T wave fades into a U wave);
 - P wave: the largest hump of ``m`` between 300 ms before the QRS and the QRS; present when it stands out
   from the PR segment's noise (over 4 times it, and at least 20 uV) and the stretch repeats beat after
-  beat (mean correlation with the median over 0.5: fibrillatory waves do not); its onset where ``m``
-  comes within 4 % of the P peak's height above the stretch's floor, going back from the peak.
+  beat (mean correlation with the median over 0.5: fibrillatory waves do not), searched after the
+  previous beat's T peak; its onset where ``m`` comes within 2 % of the P peak's height (or the
+  stretch's noise: its median less its 10th percentile) above the stretch's floor going back from the
+  peak, or at the valley before it climbs again by 15 % (a P wave on the previous T wave at fast rates).
 """
 
 from __future__ import annotations
@@ -160,8 +162,16 @@ def delineate(x: NDArray[np.float32], peaks: NDArray[np.int64], rate_hz: float) 
     iso_a = max(0, qrs_on - round(12 * ms))
     iso = med[:, iso_a : max(iso_a + 1, qrs_on - round(2 * ms))].mean(axis=1, keepdims=True)
     m = np.sqrt(((med - iso).astype(np.float64) ** 2).sum(axis=0))
-    # P: the largest hump between 300 ms before the QRS and 20 ms before it.
-    p_a, p_b = max(0, qrs_on - round(300 * ms)), max(1, qrs_on - round(20 * ms))
+    rr = round(rr_s * rate_hz)
+    t_start = min(n - 2, qrs_off + round(60 * ms))
+    # A first look for the T peak, before the next P wave could start (60 % of RR): the previous beat's
+    # T peak, one RR earlier, bounds the P search at fast rates, where the P wave rides on that T wave.
+    t_first = min(n, qrs_on + round(0.6 * rr))
+    prev_t = t_start + int(np.argmax(m[t_start:t_first])) - rr if t_start < t_first - 1 else -n
+    # P: the largest hump between 300 ms before the QRS (or the previous T peak) and 20 ms before it;
+    # a peak at the very start of that stretch is the previous T wave's tail, not a P wave.
+    p_a = max(0, qrs_on - round(300 * ms), prev_t + round(40 * ms))
+    p_b = max(1, qrs_on - round(20 * ms))
     p_onset: int | None = None
     p_amp = 0.0
     if p_b - p_a > round(40 * ms):
@@ -169,17 +179,30 @@ def delineate(x: NDArray[np.float32], peaks: NDArray[np.int64], rate_hz: float) 
         p_amp = float(m[p_peak])
         pr_noise = float(np.std(m[iso_a : qrs_on + 1])) + 1e-6
         floor = float(np.percentile(m[p_a : p_peak + 1], 10))
-        if p_amp - floor > max(20.0, 4 * pr_noise) and p_peak > p_a and _repeats(beats, med, p_a, p_b):
-            k = p_peak
-            while k > p_a and m[k] > floor + 0.04 * (p_amp - floor):
+        rising = p_peak > p_a + round(10 * ms)
+        if p_amp - floor > max(20.0, 4 * pr_noise) and rising and _repeats(beats, med, p_a, p_b):
+            # Back from the peak until the magnitude is near the floor; at fast rates the P wave rides on
+            # the previous T wave: once it climbs well above the lowest point passed, that valley is it.
+            height = p_amp - floor
+            # Near the floor, noise decides: stop within the stretch's own spread of it.
+            spread = float(np.percentile(m[p_a : p_peak + 1], 50)) - floor
+            level = floor + max(0.02 * height, spread)
+            k = best = p_peak
+            while k > p_a:
+                if m[k] <= level:
+                    best = k
+                    break
+                if m[k] < m[best]:
+                    best = k
+                elif m[k] > m[best] + 0.15 * height:
+                    break
                 k -= 1
-            p_onset = k
+            p_onset = best
     # T: the largest hump of the magnitude after the QRS (from 60 ms past it, and no later than a QT
     # whose Bazett correction would be 600 ms: beyond lies the next P wave at fast rates), then its end.
-    t_start = min(n - 2, qrs_off + round(60 * ms))
     t_stop = min(n, qrs_on + round(600 * ms * np.sqrt(rr_s)))
     if p_onset is not None:  # nor past the next beat's P onset
-        t_stop = min(t_stop, p_onset + round(rr_s * rate_hz))
+        t_stop = min(t_stop, p_onset + rr)
     t_peak = t_start + int(np.argmax(m[t_start:t_stop])) if t_start < t_stop - 1 else n - 2
     slope = np.gradient(m)
     # The descent: from the peak to 20 ms past where it has lost half its height (not into a next wave).
