@@ -44,7 +44,7 @@ def test_shipped_config_validates_and_runs_on_one_machine() -> None:
     pacs, scanner = config.peer("pacs"), config.peer("scanner")
     assert (pacs.ae_title, pacs.host, pacs.port, pacs.allow_store) == ("ORTHANC", "127.0.0.1", 4242, False)
     assert (scanner.ae_title, scanner.allow_store, scanner.can_receive) == ("STORESCU", True, False)
-    assert config.analysis.models == ("lung-nodule-ct",)
+    assert config.analysis.models == ("lung-nodule-ct", "ecg-rhythm")
     assert config.analysis.send_results_to == ("pacs",)
     assert config.analysis.models_dir == REPO / "models"
 

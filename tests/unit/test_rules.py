@@ -616,7 +616,7 @@ def test_without_rules_the_analysis_section_is_one_study_rule() -> None:
 
 def test_shipped_config_keeps_working_as_the_analysis_rule() -> None:
     shipped = load_config(REPO / "config" / "node.toml")
-    assert [(r.name, r.analyse) for r in shipped.effective_rules()] == [("analysis", ("lung-nodule-ct",))]
+    assert [(r.name, r.analyse) for r in shipped.effective_rules()] == [("analysis", ("lung-nodule-ct", "ecg-rhythm"))]
     assert shipped.results_to(shipped.effective_rules()[0]) == ("pacs",)
 
 
@@ -666,9 +666,10 @@ def test_rules_example_parses_and_routes_as_its_comments_say() -> None:
         "scouts-stay-here",
         "ct-to-research",
         "chest-ct-nodules",
+        "ecg-rhythm",
         "mr-to-neuro-pacs",
     ]
-    assert example.models_in_use() == ("lung-nodule-ct",) and example.fallback.forward == ("vna",)
+    assert example.models_in_use() == ("lung-nodule-ct", "ecg-rhythm") and example.fallback.forward == ("vna",)
 
     def matched(ds: Dataset, level: str, facts: Facts = NO_FACTS) -> list[str]:
         return [v.rule.name for v in evaluate_all(example.rules, ds, facts, level=level) if v.matched]
@@ -681,4 +682,7 @@ def test_rules_example_parses_and_routes_as_its_comments_say() -> None:
     thin_chest.SeriesDescription = "Thorax 1.25"
     assert matched(thin_chest, "series") == ["chest-ct-nodules"]
     assert matched(MR, "study", Facts("MR_NEURO_1")) == ["mr-to-neuro-pacs"]
+    ecg = Dataset()
+    ecg.Modality = "ECG"
+    assert matched(ecg, "series") == ["ecg-rhythm"] and matched(ecg, "instance") == []
     assert matched(MR, "study", Facts("OTHER_MR")) == [] and matched(MR, "instance") == []
