@@ -161,6 +161,27 @@ def test_a_rate_below_the_cards_minimum_is_refused() -> None:
         load_waveform(REAL_ECG, min_rate_hz=2000)
 
 
+def test_general_ecg_storage_loads_like_twelve_lead(tmp_path: Path) -> None:
+    ecg = make_ecg(6, "atrial_fibrillation")
+    ds = ecg_dataset(ecg)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.9.1.2"  # General ECG
+    w = load_waveform(_write(ds, tmp_path / "general.dcm"))
+    assert w.sop_class_uid.endswith(".9.1.2") and np.abs(w.signals - ecg.signals).max() <= 1.3
+
+
+def test_the_median_beat_group_is_not_analysed(tmp_path: Path) -> None:
+    """A cart's median-beat group (DERIVED) is passed over, whether it comes after the rhythm group or first."""
+    ds = ecg_dataset(make_ecg(8, "sinus_rhythm"))
+    median = copy.deepcopy(ds.WaveformSequence[0])
+    median.WaveformOriginality, median.MultiplexGroupLabel = "DERIVED", "MEDIAN BEAT"
+    median.NumberOfWaveformSamples = 600
+    median.WaveformData = median.WaveformData[: 600 * 12 * 2]
+    ds.WaveformSequence.append(median)
+    assert load_waveform(_write(ds, tmp_path / "two.dcm")).signals.shape == (12, 5000)
+    ds.WaveformSequence = [median, ds.WaveformSequence[0]]
+    assert load_waveform(_write(ds, tmp_path / "first.dcm")).signals.shape == (12, 5000)
+
+
 def test_images_and_non_dicom_files_are_refused(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="not a waveform instance"):
         load_waveform(Path(get_testdata_file("CT_small.dcm", download=False)))

@@ -1,8 +1,8 @@
 """Load one ECG waveform instance as a float array per lead in microvolts, or refuse it with the reason.
 
-What is accepted: a Waveform Storage instance (12-Lead, General or Ambulatory ECG) whose first
-multiplex group with at least as many channels as asked (the rhythm group; a cart's median-beat group
-is DERIVED and comes second) holds 8/16-bit signed or unsigned samples, each channel coded by its
+What is accepted: a Waveform Storage instance (12-Lead, General or Ambulatory ECG) whose rhythm group
+(of the multiplex groups with at least as many channels as asked, an ORIGINAL one before a DERIVED one
+such as a cart's median beats, then the longest) holds 8/16-bit signed or unsigned samples, each channel coded by its
 Channel Source (SCP-ECG or MDC lead codes, or a recognisable Code Meaning). Each channel becomes
 physical units as PS3.3 C.10.9.1 defines them:
 
@@ -167,9 +167,18 @@ def _group(ds: Dataset, min_channels: int, where: str) -> tuple[int, Dataset]:
     groups = ds.get("WaveformSequence")
     if not groups:
         raise InputError(f"{where}: no Waveform Sequence: not a waveform instance (SOP class {ds.get('SOPClassUID')})")
-    for n, group in enumerate(groups):
-        if int(group.get("NumberOfWaveformChannels", 0) or 0) >= min_channels:
-            return n, group
+    # The rhythm group: enough channels, ORIGINAL before DERIVED (a cart's median beats), then the longest.
+    usable = [(n, g) for n, g in enumerate(groups) if int(g.get("NumberOfWaveformChannels", 0) or 0) >= min_channels]
+    if usable:
+
+        def rank(item: tuple[int, Dataset]) -> tuple[bool, int]:
+            group = item[1]
+            return (
+                str(group.get("WaveformOriginality", "")) == "ORIGINAL",
+                int(group.get("NumberOfWaveformSamples", 0) or 0),
+            )
+
+        return max(usable, key=rank)
     counts = [int(g.get("NumberOfWaveformChannels", 0) or 0) for g in groups]
     raise InputError(f"{where}: needs a multiplex group of at least {min_channels} channels, groups have {counts}")
 
