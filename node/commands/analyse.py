@@ -110,6 +110,7 @@ def _run_waveforms(args: argparse.Namespace, model: Model, files: list[Path]) ->
     from node.analyse.ecg.analysis import analyse_ecg, load, refusal
     from node.encode import write_datasets
     from node.encode.ecg_sr import build_ecg_sr, ecg_findings_json
+    from node.encode.ecg_strip import write_strip
 
     card = model.card
     analysed = 0
@@ -128,7 +129,8 @@ def _run_waveforms(args: argparse.Namespace, model: Model, files: list[Path]) ->
         result = analyse_ecg(wave, model)
         out_dir = args.out / wave.series_instance_uid
         written = write_datasets([build_ecg_sr(result, card)], out_dir)
-        summary = ecg_findings_json(result, card, [p.name for p in written])
+        strip = write_strip(result, out_dir / "ecg_strip.png")
+        summary = {**ecg_findings_json(result, card, [p.name for p in written]), "strip": strip.name}
         (out_dir / "findings.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         m = result.measurements
         print(
@@ -136,7 +138,7 @@ def _run_waveforms(args: argparse.Namespace, model: Model, files: list[Path]) ->
             f"HR {m.heart_rate_bpm} bpm, PR {m.pr_ms} QRS {m.qrs_ms} QT {m.qt_ms} QTc {m.qtc_bazett_ms} ms (Bazett)"
         )
         print(f"  suggested priority: {result.priority} ({result.priority_reason})")
-        for written_path in [*written, out_dir / "findings.json"]:
+        for written_path in [*written, strip, out_dir / "findings.json"]:
             print(f"  wrote {written_path}")
         analysed += 1
     if not analysed:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
@@ -77,5 +78,8 @@ def test_synthetic_af_and_the_real_ecg_give_valid_reports(tmp_path: Path) -> Non
 
     summary = json.loads((out / str(dcmread(ecgs / "ECG004242.dcm").SeriesInstanceUID) / "findings.json").read_text())
     assert summary["rhythm"]["label"] == "Atrial fibrillation" and summary["kind"] == "waveform"
+    strip = cv2.imread(str(out / str(dcmread(ecgs / "ECG004242.dcm").SeriesInstanceUID) / summary["strip"]))
+    # 10 s at 25 mm/s and 4 rows of 30 mm at 4 px/mm, margins and the header line.
+    assert strip is not None and strip.shape == (40 + 4 * 120, 1000 + 40, 3)
     fast = summary["measurements"]["heart_rate_bpm"] > 110  # the card: AF faster than 110 bpm is HIGH
     assert summary["priority"] == ("HIGH" if fast else "ROUTINE")
