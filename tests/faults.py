@@ -71,6 +71,7 @@ from pydicom import dcmread
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
+from node.send.association import keep_stolen_responses
 from node.synth.phantom import make_phantom
 from tests.nodeproc import NodeProcess
 from tests.peers import Orthanc
@@ -220,6 +221,7 @@ def send_files(
         assoc = ae.associate("127.0.0.1", port, ae_title="PACSNODE")
         if not assoc.is_established:
             return statuses
+        keep_stolen_responses(assoc)  # else a fast answer is now and then lost to pynetdicom's reactor
         try:
             for path in files:
                 if not assoc.is_established:

@@ -152,6 +152,7 @@ def open_association(
     except OSError as exc:  # socket.gaierror: the host name does not resolve
         return _Opened(why=f"cannot resolve host '{destination.host}' ({exc})")
     if assoc.is_established:
+        keep_stolen_responses(assoc)
         return _Opened(assoc)
     elapsed = time.monotonic() - started
     tls_failure = tls.why(where) if tls is not None else None
@@ -170,6 +171,30 @@ def open_association(
     if elapsed >= _TIMEOUT_SLACK * settings.acse_timeout:
         return _Opened(why=f"no association answer from {where} within {settings.acse_timeout:g} s (ACSE timeout)")
     return _Opened(why=f"the association request to {where} was aborted or the connection closed")
+
+
+def keep_stolen_responses(assoc: Any) -> None:
+    """Give a response that pynetdicom's reactor thread took back to the thread waiting for it.
+
+    pynetdicom's requestor pauses its reactor before it sends a request (``send_c_store`` clears
+    ``_reactor_checkpoint`` and waits for ``_is_paused``), but the reactor sets ``_is_paused`` *before*
+    it waits at the checkpoint: if the checkpoint is cleared just after the reactor passed it, the flag
+    is stale, the request goes out, and the reactor's next ``get_msg`` can take the response off the
+    queue before ``send_c_store`` does. It then logs "Received unexpected C-STORE service message" and
+    drops it, and ``send_c_store`` waits for the whole DIMSE timeout. The faster the peer answers (and
+    the longer the GIL keeps the reactor waiting), the likelier: a fast node made it the 10 s stalls of
+    tests/e2e/test_disk_full.py that got issue 3's DUL pacer reverted, and of tests/e2e/test_crash.py.
+    Here a response the reactor would drop goes back on the queue that ``send_c_store`` waits on.
+    """
+    serve = assoc._serve_request
+
+    def serve_or_give_back(msg: Any, context_id: int) -> None:
+        if not msg.is_valid_request and assoc.is_established:
+            assoc.dimse.msg_queue.put((context_id, msg))
+            return
+        serve(msg, context_id)
+
+    assoc._serve_request = serve_or_give_back
 
 
 def close_association(assoc: Any) -> None:

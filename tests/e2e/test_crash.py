@@ -11,6 +11,7 @@ from pydicom import dcmread
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
+from node.send.association import keep_stolen_responses
 from node.synth.phantom import make_phantom
 from tests.e2e.test_serve import SEG, SR_3D, config, results_in
 from tests.nodeproc import NodeProcess
@@ -23,10 +24,10 @@ def send_all(files: list[Path], port: int, acked: list[str], *, resend: int = 0)
     """The scanner: one association, every file; records the files answered with success.
 
     With ``resend``, as a real scanner does (and ``../shared/PITFALLS.md`` asks of a pynetdicom sender),
-    files without a success status are sent again on a new association, up to ``resend`` more times:
-    pynetdicom's SCU now and then misses a response that comes back very fast (it logs "Received
-    unexpected C-STORE service message" and waits for its DIMSE timeout), most often on the duplicates a
-    node answers without writing anything.
+    files without a success status are sent again on a new association, up to ``resend`` more times.
+    pynetdicom's SCU alone now and then loses a response that comes back very fast to its reactor thread
+    (it logs "Received unexpected C-STORE service message" and waits for its DIMSE timeout; seen on the
+    duplicates a restarted node answers at once): ``keep_stolen_responses`` gives such a response back.
     """
     for _ in range(1 + resend):
         ae = AE(ae_title="STORESCU")
@@ -34,6 +35,7 @@ def send_all(files: list[Path], port: int, acked: list[str], *, resend: int = 0)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
         assoc = ae.associate("127.0.0.1", port, ae_title="PACSNODE")
         assert assoc.is_established
+        keep_stolen_responses(assoc)
         try:
             for path in files:
                 if not assoc.is_established:

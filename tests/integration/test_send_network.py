@@ -412,6 +412,45 @@ def test_the_scu_socket_has_tcp_nodelay() -> None:
             ae.shutdown()
 
 
+def test_a_response_the_reactor_takes_goes_back_to_the_waiting_send() -> None:
+    """pynetdicom's requestor reactor can take a fast response off the queue (a race: see
+    ``keep_stolen_responses``); on our associations it goes back on the queue instead of being dropped."""
+    from pynetdicom import AE
+    from pynetdicom.dimse_primitives import C_STORE
+
+    def response() -> C_STORE:
+        rsp = C_STORE()
+        rsp.MessageIDBeingRespondedTo = 7
+        rsp.AffectedSOPClassUID = CTImageStorage
+        rsp.Status = 0x0000
+        return rsp
+
+    with PeerSCP() as peer:
+        ae = _make_ae(FAST)
+        plain = AE("NODE")
+        plain.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+        try:
+            ours = _open(ae, peer.destination(), [build_context(CTImageStorage, [ExplicitVRLittleEndian])], FAST).assoc
+            theirs = plain.associate(HOST, peer.port, ae_title="PEER")
+            assert ours is not None and theirs.is_established
+            for assoc in (ours, theirs):
+                context = assoc.accepted_contexts[0].context_id
+                assoc._reactor_checkpoint.clear()  # hold both reactors: only this test touches the queues
+                while not assoc._is_paused:
+                    time.sleep(0.001)
+                assoc._serve_request(response(), context)  # what the reactor does when it wins the race
+            _, kept = ours.dimse.get_msg(block=False)
+            _, dropped = theirs.dimse.get_msg(block=False)
+            assert kept is not None and kept.MessageIDBeingRespondedTo == 7
+            assert dropped is None  # pynetdicom alone drops it: the send would wait for its DIMSE timeout
+            for assoc in (ours, theirs):
+                assoc._reactor_checkpoint.set()
+                assoc.release()
+        finally:
+            ae.shutdown()
+            plain.shutdown()
+
+
 def test_echo() -> None:
     with PeerSCP() as peer:
         answer = echo(peer.destination(), FAST)
