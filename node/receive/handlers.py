@@ -8,16 +8,16 @@ It does only this, and answers SUCCESS only after both durable steps (DESIGN §4
     UIDs from the dataset bytes (no pixel decoding)  -> CANNOT_UNDERSTAND* / DATASET_DOES_NOT_MATCH_SOP_CLASS
     UIDs usable as file names?                       -> CANNOT_UNDERSTAND_INVALID_UID
     study being deleted by retention for too long    -> OUT_OF_RESOURCES (nothing written)
-    write the bytes as received: temp, rename        -> OUT_OF_RESOURCES if the OS refuses
-    (keep-first and already stored: keep the stored file, count a duplicate)
-    commit the index row                             -> OUT_OF_RESOURCES if the commit fails
+    (keep-first and already stored: a duplicate, nothing written; it waits for the journal to cover its original)
     journal record (row + bytes), group-committed    -> OUT_OF_RESOURCES if the write or sync fails
+    write the bytes as received: temp, rename        -> OUT_OF_RESOURCES if the OS refuses
+    commit the index row                             -> OUT_OF_RESOURCES if the commit fails
     late instance of a complete study and late_instances = "reanalyse": reopen the study
     -> SUCCESS
 
-With a journal (:mod:`node.store.journal`, what ``serve`` uses) the file and the row are written without
-syncing and the journal's one sync, shared with the other associations, makes the instance durable;
-without one (tests of the store alone) the file and the row are each synced.
+With a journal (:mod:`node.store.journal`, what ``serve`` uses) the instance is first appended to the journal,
+whose one sync (shared with the other associations) makes it durable, then the file and the row are written
+without syncing; without one (tests of the store alone) the file and the row are each synced.
     anything unexpected                              -> PROCESSING_FAILURE (logged with its traceback)
 
 Failure responses carry an Error Comment (at most 64 characters) naming the problem, never a value.
@@ -221,6 +221,24 @@ class StoreHandler:
                 who.study_instance_uid, who.series_instance_uid, who.sop_instance_uid
             )
             journal = self.journal
+            fields = {
+                "sop_instance_uid": who.sop_instance_uid,
+                "study_instance_uid": who.study_instance_uid,
+                "series_instance_uid": who.series_instance_uid,
+                "sop_class_uid": who.sop_class_uid,
+                "transfer_syntax_uid": str(meta.TransferSyntaxUID),
+                "path": relative,
+                "calling_ae": event.assoc.requestor.ae_title.strip(),
+                "association_id": key,
+                "called_ae": event.assoc.acceptor.ae_title.strip(),
+                "source_address": str(event.assoc.requestor.address),
+            }
+            now = self.index.now()
+            if journal is not None and not stored_already:
+                # First the journal: once it returns the instance is durable, and when it fails nothing has
+                # been written yet (a file left by a failed append could later pass as a stored duplicate).
+                row = {**fields, "size": len(data), "received_at": now, "replace": not self.keep_first}
+                journal.append(Record(row, data))
             written = False
             if not stored_already:
                 # AlreadyStoredError: keep-first lost a race against another association; the first file stays.
@@ -234,26 +252,12 @@ class StoreHandler:
                         durable=journal is None,
                     )
                     written = True
-            fields = {
-                "sop_instance_uid": who.sop_instance_uid,
-                "study_instance_uid": who.study_instance_uid,
-                "series_instance_uid": who.series_instance_uid,
-                "sop_class_uid": who.sop_class_uid,
-                "transfer_syntax_uid": str(meta.TransferSyntaxUID),
-                "path": relative,
-                "calling_ae": event.assoc.requestor.ae_title.strip(),
-                "association_id": key,
-                "called_ae": event.assoc.acceptor.ae_title.strip(),
-                "source_address": str(event.assoc.requestor.address),
-            }
-            recorded = self.index.record(**fields, size=len(data), replace=not self.keep_first, durable=journal is None)
-            if journal is not None:
-                if written:
-                    row = {**fields, "size": len(data), "received_at": recorded.received_at}
-                    journal.append(Record({**row, "replace": not self.keep_first}, data))
-                else:
-                    # A duplicate under keep-first: its original may still be waiting for its sync.
-                    journal.barrier()
+            recorded = self.index.record(
+                **fields, size=len(data), replace=not self.keep_first, durable=journal is None, received_at=now
+            )
+            if journal is not None and not written:
+                # A duplicate under keep-first: its original may still be waiting for its sync.
+                journal.barrier()
             if recorded.late and recorded.new and self.reanalyse_late:
                 self.index.reopen_study(who.study_instance_uid, self._clock())
         except StoreError as exc:

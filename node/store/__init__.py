@@ -4,11 +4,11 @@ What a C-STORE handler does with it, on the association's thread (DESIGN §3, §
 
     if not guard.ok():                                   -> 0xA700
     relative = spool.relative_path(study, series, sop)   InvalidUIDError -> 0xC000 range
-    if keep_first and spool.exists(study, series, sop):  skip the write (count it as a duplicate below)
-    else: spool.write(..., durable=False)                SpoolWriteError -> 0xA700
+    if keep_first and spool.exists(study, series, sop):  a duplicate: nothing written, journal.barrier()
+    else: journal.append(Record(row, bytes))             JournalError -> 0xA700 (one group-committed sync)
+          spool.write(..., durable=False)                SpoolWriteError -> 0xA700
                                                          AlreadyStoredError -> keep-first lost a race: go on
     index.record(..., durable=False)                     IndexDatabaseError -> 0xA700
-    journal.append(Record(row, bytes))                   JournalError -> 0xA700 (one group-committed sync)
     -> 0x0000
 
 The journal (:mod:`node.store.journal`) is what makes an answered instance durable; its checkpoint syncs

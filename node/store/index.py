@@ -176,11 +176,13 @@ class Index(CompletionBookkeeping, DeletionBookkeeping):
         called_ae: str = "",
         source_address: str = "",
         durable: bool = True,
+        received_at: float | None = None,
     ) -> Recorded:
         """Record a stored instance and commit before returning.
 
         ``durable=False`` commits without syncing (``synchronous=NORMAL`` for this one transaction):
-        the caller has made the row durable in the receive journal, which rebuilds it after a crash.
+        the caller has made the row durable in the receive journal, which rebuilds it after a crash;
+        ``received_at`` is then the time the journal recorded (default: the index's clock now).
         The next synced commit (or the journal's checkpoint) makes it durable here too.
 
         A duplicate (SOP Instance UID already indexed) increments its study's duplicate counter. With
@@ -192,7 +194,7 @@ class Index(CompletionBookkeeping, DeletionBookkeeping):
         IndexDatabaseError
             The commit failed; nothing was recorded.
         """
-        now = self._clock()
+        now = self._clock() if received_at is None else received_at
         row = (
             sop_instance_uid,
             study_instance_uid,
@@ -230,6 +232,10 @@ class Index(CompletionBookkeeping, DeletionBookkeeping):
             )
         log.debug("recorded %s in study %s (%s)", sop_instance_uid, study_instance_uid, "new" if new else "duplicate")
         return Recorded(new=bool(new), late=completed is not None and completed[0] is not None, received_at=now)
+
+    def now(self) -> float:
+        """The index's clock (what it stamps rows with)."""
+        return self._clock()
 
     def restore(self, row: dict[str, object], replace: bool) -> None:
         """Put a journalled row back (replay after a crash): insert it if missing, or, with ``replace``,
