@@ -30,7 +30,6 @@ from node.dicom.contexts import ACCEPTED_TRANSFER_SYNTAXES
 from node.dicom.tls import explain, server_context
 from node.metrics import metrics, rejection_reason
 from node.receive.handlers import StoreHandler
-from node.receive.pacing import Pacer
 from node.receive.policy import Policy, PolicyAE
 
 log = logging.getLogger(__name__)
@@ -163,7 +162,6 @@ class Receiver:
         self.ssl_context = server_context(config.node.tls) if config.node.tls is not None else None
         self._server: ThreadedAssociationServer | None = None
         self._thread: threading.Thread | None = None
-        self.pacer = Pacer()
 
     @property
     def port(self) -> int:
@@ -177,7 +175,6 @@ class Receiver:
         node = self.config.node
         handlers: list[Any] = [
             *self.handler.bindings(),
-            *self.pacer.bindings(),
             (evt.EVT_REJECTED, self._rejected),
             (evt.EVT_ACCEPTED, self._accepted),
         ]
@@ -193,7 +190,6 @@ class Receiver:
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, name="dicom-listener", daemon=True)
         self._thread.start()
-        self.pacer.start()
         log.info("listening as %s on %s:%d%s", node.ae_title, node.bind, self.port, _tls_words(node.tls))
 
     def _rejected(self, event: evt.Event) -> None:
@@ -276,4 +272,3 @@ class Receiver:
         self.stop_listening()
         self.drain(deadline_s)
         self.ae.shutdown()
-        self.pacer.stop()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
@@ -21,7 +20,6 @@ from node.audit import AuditTrail, audit_path, read
 from node.config import NodeConfig, parse_config
 from node.dicom.status import Status
 from node.receive import Receiver, StoreHandler
-from node.receive.pacing import BUSY_DELAY_S
 from node.store import DiskGuard, Index, Spool
 from tests.helpers import node_toml, tiny_ct
 from tests.peers import free_port
@@ -246,25 +244,3 @@ def test_a_peer_at_its_own_limit_is_rejected_transiently_while_others_get_in(tmp
     rejected = [e for e in entries if e["event"] == "association-rejected"]
     assert len(rejected) == 1 and "its peer's max_associations" in rejected[0]["reason"]
     assert sum(e["event"] == "association-accepted" for e in entries) == 3
-
-
-def test_a_busy_association_polls_faster_and_gets_the_default_back_when_quiet(node: Node) -> None:
-    """The pacer shortens pynetdicom's DUL loop delay while messages flow and restores it when idle."""
-    pacer = node.receiver.pacer
-    assoc = node.associate()
-    assert assoc.is_established
-    assert store(assoc, tiny_ct(STUDY, SERIES, f"{SERIES}.1")) == Status.SUCCESS
-    acceptors = [a for a in node.receiver.ae.active_associations if a.is_acceptor]
-    assert len(acceptors) == 1
-    dul = acceptors[0].dul  # a pynetdicom without this attribute fails here: the speed-up would be lost
-    assert dul._run_loop_delay == BUSY_DELAY_S and pacer.busy == 1
-    assert pacer.relax_idle() == 0  # it has just carried a message
-    assert pacer.relax_idle(now=float("inf")) == 1
-    assert dul._run_loop_delay == 0.001 and pacer.busy == 0  # pynetdicom's own value, given back
-    assert store(assoc, tiny_ct(STUDY, SERIES, f"{SERIES}.2")) == Status.SUCCESS
-    assert dul._run_loop_delay == BUSY_DELAY_S  # busy again with the next message
-    assoc.release()
-    deadline = time.monotonic() + 5
-    while pacer.busy and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert pacer.busy == 0  # a closed association is forgotten
