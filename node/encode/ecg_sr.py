@@ -29,13 +29,12 @@ from datetime import datetime
 import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import generate_uid
 
 from node.analyse.card import ModelCard
 from node.analyse.ecg.analysis import EcgResult
 from node.encode.provenance import Equipment, add_algorithm_equipment, coded, device_uid
 from node.encode.sources import complete_type2
-from node.encode.sr import COMMENT, PRIORITY_CONCEPT, _priority_scheme, priority_code
+from node.encode.sr import COMMENT, PRIORITY_CONCEPT, document_args, priority_code
 from node.errors import EncodeError
 
 log = logging.getLogger(__name__)
@@ -162,16 +161,9 @@ def build_ecg_sr(
         sr = hd.sr.ComprehensiveSR(
             evidence=[source],
             content=root,
-            series_instance_uid=generate_uid(prefix=None),
-            series_number=series_number,
-            sop_instance_uid=generate_uid(prefix=None),
-            instance_number=instance_number,
-            **equipment.highdicom_kwargs(),
-            series_description=f"AI ECG report {card.model.name} {card.model.version}"[:_LO_MAX],
-            is_complete=True,
-            is_final=False,
-            is_verified=False,
-            coding_schemes=[_priority_scheme()],
+            **document_args(
+                equipment, series_number, instance_number, f"AI ECG report {card.model.name} {card.model.version}"
+            ),
         )
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
         raise EncodeError(f"cannot create the ECG report for model '{card.model.name}': {exc}") from exc

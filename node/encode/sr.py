@@ -45,6 +45,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import highdicom as hd
 import numpy as np
@@ -104,6 +105,26 @@ def priority_code(priority: Priority) -> hd.sr.CodedConcept:
         scheme_designator=PRIORITY_SCHEME,
         meaning=f"{priority.value.capitalize()} priority",
     )
+
+
+def document_args(
+    equipment: Equipment, series_number: int, instance_number: int, series_description: str
+) -> dict[str, Any]:
+    """The arguments every SR the node writes gives highdicom's SR document classes (Comprehensive 3D SR
+    here, the ECG report's Comprehensive SR): a new series and instance, our equipment, a complete but
+    unverified document, and the private coding scheme of the suggested priority."""
+    return {
+        "series_instance_uid": generate_uid(prefix=None),
+        "series_number": series_number,
+        "sop_instance_uid": generate_uid(prefix=None),
+        "instance_number": instance_number,
+        **equipment.highdicom_kwargs(),
+        "series_description": series_description[:_LO_MAX],
+        "is_complete": True,
+        "is_final": False,
+        "is_verified": False,
+        "coding_schemes": [_priority_scheme()],
+    }
 
 
 def _priority_scheme() -> CodingSchemeIdentificationItem:
@@ -362,16 +383,7 @@ def build_sr(
         sr = hd.sr.Comprehensive3DSR(
             evidence=evidence,
             content=report[0],
-            series_instance_uid=generate_uid(prefix=None),
-            series_number=series_number,
-            sop_instance_uid=generate_uid(prefix=None),
-            instance_number=instance_number,
-            **equipment.highdicom_kwargs(),
-            series_description=f"AI SR {description}"[:_LO_MAX],
-            is_complete=True,
-            is_final=False,
-            is_verified=False,
-            coding_schemes=[_priority_scheme()],
+            **document_args(equipment, series_number, instance_number, f"AI SR {description}"),
         )
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
         raise EncodeError(f"cannot create SR for model '{card.model.name}': {exc}") from exc
