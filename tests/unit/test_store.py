@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import errno
 import io
 import os
@@ -13,6 +14,8 @@ from typing import Any
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
 
 from node.errors import NodeError
 from node.store import (
@@ -29,6 +32,7 @@ from node.store import (
     part10_header,
 )
 from node.store import spool as spool_module
+from node.store.spool import part10_header_for
 
 STUDY, SERIES, SOP = "1.2.826.0.1.3680043.8.498.1", "1.2.826.0.1.3680043.8.498.2", "1.2.826.0.1.3680043.8.498.3"
 
@@ -221,6 +225,92 @@ def test_part10_header_refuses_incomplete_file_meta() -> None:
     meta.MediaStorageSOPClassUID = pydicom.uid.UID("1.2.840.10008.5.1.4.1.1.2")
     with pytest.raises(ValueError, match="Transfer Syntax"):
         part10_header(meta)
+
+
+def _reference_part10_header(file_meta: pydicom.dataset.FileMetaDataset) -> bytes:
+    """part10_header as it was: pydicom's write_file_meta_info on a copy (the hand encoder must match it)."""
+    meta = copy.deepcopy(file_meta)
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    write_file_meta_info(buffer, meta, enforce_standard=True)
+    return b"\x00" * 128 + b"DICM" + buffer.getvalue()
+
+
+def _meta(**values: object) -> pydicom.dataset.FileMetaDataset:
+    meta = pydicom.dataset.FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    meta.MediaStorageSOPInstanceUID = SOP
+    meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+    for keyword, value in values.items():
+        setattr(meta, keyword, value)
+    return meta
+
+
+_METAS = {
+    "minimal": {},
+    "odd-length uid": {"MediaStorageSOPInstanceUID": SOP + "1", "TransferSyntaxUID": "1.2.840.10008.1.2"},
+    "a receiver's": {
+        "ImplementationClassUID": "1.2.826.0.1.3680043.9.3811.2.1.0",
+        "ImplementationVersionName": "PYNETDICOM_210",
+        "SourceApplicationEntityTitle": "STORESCU",
+    },
+    "odd names": {"ImplementationVersionName": "NODE1", "SourceApplicationEntityTitle": "CT7"},
+    "empty name": {"ImplementationVersionName": "", "ImplementationClassUID": ""},
+    "version given": {"FileMetaInformationVersion": b"\x00\x01", "FileMetaInformationGroupLength": 999},
+    "64-character uid": {"MediaStorageSOPInstanceUID": "1." + "2" * 62, "TransferSyntaxUID": "1.2.840.10008.1.2.4.50"},
+    # Beyond the hand encoder: pydicom's writer gives the bytes.
+    "65-character uid": {"MediaStorageSOPInstanceUID": "1." + "2" * 63},
+    "long name": {"ImplementationVersionName": "X" * 17},
+    "other version": {"FileMetaInformationVersion": b"\x00\x02"},
+    "sending ae": {"SendingApplicationEntityTitle": "SCU"},
+    "private information": {"PrivateInformationCreatorUID": "1.2.3", "PrivateInformation": b"ab"},
+}
+
+
+@pytest.mark.parametrize("name", list(_METAS))
+def test_part10_header_is_byte_for_byte_pydicoms(name: str) -> None:
+    meta = _meta(**_METAS[name])
+    before = copy.deepcopy(meta)
+    assert part10_header(meta) == _reference_part10_header(meta)
+    assert meta == before  # not modified
+    assert (spool_module._hand_header(meta) is not None) == (name in list(_METAS)[:7])  # which path wrote it
+
+
+def test_part10_header_for_matches_the_file_meta_dataset_encoding() -> None:
+    for sop in (SOP, SOP + "1", "1." + "2" * 62):
+        for name, title in (("PYNETDICOM_210", "STORESCU"), ("NODE1", "CT7"), ("", "A")):
+            meta = _meta(
+                MediaStorageSOPInstanceUID=sop,
+                ImplementationClassUID="1.2.826.0.1.3680043.9.3811.2.1.0",
+                ImplementationVersionName=name,
+                SourceApplicationEntityTitle=title,
+            )
+            built = part10_header_for(
+                "1.2.840.10008.1.2.1", "1.2.840.10008.5.1.4.1.1.2", sop, "1.2.826.0.1.3680043.9.3811.2.1.0", name, title
+            )
+            assert built == part10_header(meta) == _reference_part10_header(meta)
+    # None leaves the element out: pydicom reads the group back without it.
+    built = part10_header_for("1.2.840.10008.1.2", "1.2.840.10008.5.1.4.1.1.2", SOP, "1.2.3.4", None, None)
+    back = pydicom.dcmread(io.BytesIO(built + b"\x08\x00\x18\x00\x02\x00\x00\x001\x00"))
+    assert "ImplementationVersionName" not in back.file_meta and "SourceApplicationEntityTitle" not in back.file_meta
+    assert back.file_meta.FileMetaInformationGroupLength == len(built) - 144
+    assert (back.file_meta.TransferSyntaxUID, back.file_meta.ImplementationClassUID) == ("1.2.840.10008.1.2", "1.2.3.4")
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (("1.2.840.10008.1.2", "1.2.3", "1." + "2" * 63, "1.2.3.4", None, None), "Media Storage SOP Instance UID"),
+        (("", "1.2.3", SOP, "1.2.3.4", None, None), "Transfer Syntax UID"),
+        (("1.2.840.10008.1.2", "1.2.٣", SOP, "1.2.3.4", None, None), "Media Storage SOP Class UID"),
+        (("1.2.840.10008.1.2", "1.2.3", SOP, "", None, None), "Implementation Class UID"),
+        (("1.2.840.10008.1.2", "1.2.3", SOP, "1.2.3.4", "X" * 17, None), "Implementation Version Name"),
+        (("1.2.840.10008.1.2", "1.2.3", SOP, "1.2.3.4", None, "Ω"), "Source AE Title"),
+    ],
+)
+def test_part10_header_for_refuses_what_it_cannot_write(arguments: tuple[Any, ...], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        part10_header_for(*arguments)
 
 
 # -- index ---------------------------------------------------------------------------------------------
