@@ -1,8 +1,8 @@
 """Retention's bookkeeping in the index: which studies are finished, and taking one out of service.
 
-A mixin of :class:`node.store.index.Index`, which provides the connection, its lock and the in-memory
-sets (open associations, studies being deleted); see the index module's docstring for how a deletion
-and an association bringing the same study exclude each other.
+A mixin of :class:`node.store.index.Index`, which provides the connection, its lock and the studies open
+associations carry (:mod:`node.store.associations`); see the index module's docstring for how a deletion
+and an association bringing the same study exclude each other, also across processes.
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ class DeletionBookkeeping:
     """Finished studies, and the ``deleting`` table (see :mod:`node.store.retention` for the deletion itself)."""
 
     _lock: threading.Lock
-    _open: dict[str, set[str]]
-    _deleting: set[str]
     _deletion_ended: threading.Condition
 
     def _write(self) -> AbstractContextManager[sqlite3.Connection]:
@@ -32,6 +30,12 @@ class DeletionBookkeeping:
 
     def _read(self, sql: str, params: tuple[object, ...] = ()) -> list[Any]:
         raise NotImplementedError  # Index provides it
+
+    def _carried_studies(self) -> set[str]:
+        raise NotImplementedError  # AssociationBookkeeping provides it
+
+    def _carried_by_live(self, db: sqlite3.Connection, study_instance_uid: str) -> bool:
+        raise NotImplementedError  # AssociationBookkeeping provides it
 
     def finished_studies(
         self, now: float, quiet_seconds: float, received_before: float | None = None, page: int = 200
@@ -58,8 +62,7 @@ class DeletionBookkeeping:
                 " ORDER BY last_received_at, study_instance_uid LIMIT ?",
                 (*params, page),
             )
-            with self._lock:
-                carried = set().union(*self._open.values()) if self._open else set()
+            carried = self._carried_studies() if rows else set()
             for study, _ in rows:
                 if study not in carried:
                     yield str(study)
@@ -79,44 +82,36 @@ class DeletionBookkeeping:
     ) -> Deletion | None:
         """Take a finished study out of service: commit its row in ``deleting``; ``None`` if it is not finished.
 
-        Checked in the same transaction, under the lock :meth:`association_carried` takes (so no
-        association can start carrying the study in between): complete, quiet since ``now -
+        Checked in the same BEGIN IMMEDIATE transaction as the row is written, which SQLite serialises
+        with the one in which :meth:`association_carried` checks ``deleting`` (of any process on the
+        database: so no association can start carrying the study in between): complete, quiet since ``now -
         quiet_seconds`` (or its rule's quiet period), last instance at or before ``received_before`` (when
         given), every instance routed (rowid at most ``routed_up_to``, the router's cursor, when given),
-        carried by no open association, not already being deleted. From the commit on, an association
-        bringing the study waits until :meth:`end_deletion` or :meth:`abandon_deletion`.
+        carried by no open association of a live process, not already being deleted. From the commit on,
+        an association bringing the study waits until :meth:`end_deletion` or :meth:`abandon_deletion`.
         """
         age = "" if received_before is None else " AND s.last_received_at <= ?"
         params: tuple[object, ...] = (study_instance_uid, now, quiet_seconds)
         if received_before is not None:
             params += (received_before,)
-        added = False
-        try:
-            with self._write() as db:  # holds self._lock until the commit
-                if study_instance_uid in self._deleting or any(study_instance_uid in s for s in self._open.values()):
-                    return None
-                row = db.execute(
-                    "SELECT COUNT(i.sop_instance_uid), COALESCE(SUM(i.size), 0), COALESCE(MAX(i.rowid), 0)"
-                    " FROM studies s LEFT JOIN instances i ON i.study_instance_uid = s.study_instance_uid"
-                    " WHERE s.study_instance_uid = ? AND s.completed_at IS NOT NULL"
-                    f" AND s.last_activity_at <= ? - COALESCE(s.quiet_seconds, ?){age} GROUP BY s.study_instance_uid",
-                    params,
-                ).fetchone()
-                if row is None or (routed_up_to is not None and int(row[2]) > routed_up_to):
-                    return None
-                marked = Deletion(study_instance_uid, reason, int(row[0]), int(row[1]), now)
-                db.execute(
-                    "INSERT INTO deleting (study_instance_uid, reason, instances, bytes, marked_at)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    (study_instance_uid, reason, marked.instances, marked.bytes, now),
-                )
-                # Before the lock is released: an association that comes after the commit must wait.
-                self._deleting.add(study_instance_uid)
-                added = True
-        except BaseException:
-            if added:  # the commit failed: nothing is out of service
-                self._deletion_over(study_instance_uid)
-            raise
+        with self._write() as db:
+            being_deleted = db.execute("SELECT 1 FROM deleting WHERE study_instance_uid = ?", (study_instance_uid,))
+            if being_deleted.fetchone() or self._carried_by_live(db, study_instance_uid):
+                return None
+            row = db.execute(
+                "SELECT COUNT(i.sop_instance_uid), COALESCE(SUM(i.size), 0), COALESCE(MAX(i.rowid), 0)"
+                " FROM studies s LEFT JOIN instances i ON i.study_instance_uid = s.study_instance_uid"
+                " WHERE s.study_instance_uid = ? AND s.completed_at IS NOT NULL"
+                f" AND s.last_activity_at <= ? - COALESCE(s.quiet_seconds, ?){age} GROUP BY s.study_instance_uid",
+                params,
+            ).fetchone()
+            if row is None or (routed_up_to is not None and int(row[2]) > routed_up_to):
+                return None
+            marked = Deletion(study_instance_uid, reason, int(row[0]), int(row[1]), now)
+            db.execute(
+                "INSERT INTO deleting (study_instance_uid, reason, instances, bytes, marked_at) VALUES (?, ?, ?, ?, ?)",
+                (study_instance_uid, reason, marked.instances, marked.bytes, now),
+            )
         log.debug("study %s out of service for deletion (%s)", study_instance_uid, reason)
         return marked
 
@@ -146,6 +141,6 @@ class DeletionBookkeeping:
         self._deletion_over(study_instance_uid)
 
     def _deletion_over(self, study_instance_uid: str) -> None:
+        """Wake this process's associations waiting for a deletion (they read ``deleting`` again)."""
         with self._lock:
-            self._deleting.discard(study_instance_uid)
             self._deletion_ended.notify_all()

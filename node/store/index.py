@@ -11,16 +11,18 @@ behind for every association thread that ends. Under the lock each call is a sho
 fsync dominates); reads are a handful of indexed rows. Other processes (CLI, web) open their own
 :class:`Index`; ``busy_timeout`` lets them wait for each other.
 
-Open associations are process-local state (they die with the process), so they are kept in memory, not
-in the database: after a restart no study is held open by an association that no longer exists.
+Open associations are rows of the ``carrying`` table (:mod:`node.store.associations`), so that every
+receiver process sharing the database sees them; ``forget_associations`` clears them at the node's start
+and readers ignore the rows of processes that no longer exist.
 
 Retention (:mod:`node.store.retention`) takes a study out of service with a committed row in ``deleting``
 (:meth:`Index.begin_deletion`) before it removes anything, and only if no open association carries the
-study; the check and the row happen under the lock that :meth:`Index.association_carried` takes. So an
-association either carries the study first (and retention leaves it alone) or arrives while it is being
-deleted and waits, on a condition variable, until :meth:`Index.end_deletion` (or
-:meth:`Index.abandon_deletion`) has committed: its instance is written only once the study's folder and
-rows are gone, and starts the study again.
+study; the check and the row happen in one BEGIN IMMEDIATE transaction, as do the check of ``deleting``
+and the ``carrying`` row in :meth:`Index.association_carried`, so SQLite serialises them across processes.
+An association either carries the study first (and retention leaves it alone) or arrives while it is
+being deleted and waits (woken by a condition variable for this process's deletions, by polling the
+table for another's) until :meth:`Index.end_deletion` (or :meth:`Index.abandon_deletion`) has committed:
+its instance is written only once the study's folder and rows are gone, and starts the study again.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from node.sqlite import immediate_transaction
+from node.store.associations import AssociationBookkeeping, StudyBeingDeletedError
 from node.store.deletions import DeletionBookkeeping
 from node.store.rows import (
     BUSY_TIMEOUT_MS,
@@ -49,6 +52,8 @@ from node.store.rows import (
 from node.store.spool import StoreError
 from node.store.watch import CompletionBookkeeping
 
+__all__ = ["Index", "IndexDatabaseError", "StudyBeingDeletedError"]
+
 log = logging.getLogger(__name__)
 
 
@@ -59,14 +64,7 @@ class IndexDatabaseError(StoreError):
     """
 
 
-class StudyBeingDeletedError(StoreError):
-    """An association brought an instance of a study that retention is deleting, and the deletion did not
-    end within the index's ``deletion_wait_s``. Nothing was written: the store must be answered with a
-    failure status, and the sender's retry starts the study again once the deletion has ended.
-    """
-
-
-class Index(CompletionBookkeeping, DeletionBookkeeping):
+class Index(AssociationBookkeeping, CompletionBookkeeping, DeletionBookkeeping):
     """SQLite index of the spool, safe to share between threads.
 
     Parameters
@@ -89,11 +87,10 @@ class Index(CompletionBookkeeping, DeletionBookkeeping):
         self._clock = clock
         self._deletion_wait_s = deletion_wait_s
         self._lock = threading.Lock()
-        # association id -> studies it carried; see the module docstring for why this is in memory.
-        self._open: dict[str, set[str]] = {}
-        # Studies with a row in ``deleting`` (a copy of the table, read under the lock without a query);
-        # ``_deletion_ended`` wakes the associations waiting for one of them.
-        self._deleting: set[str] = set()
+        # Association id -> studies whose ``carrying`` row is committed, so that only the first instance
+        # of a study on an association writes one.
+        self._carried: dict[str, set[str]] = {}
+        # Wakes the associations of this process waiting for a deletion by this process to end.
         self._deletion_ended = threading.Condition(self._lock)
         try:
             # Autocommit mode: transactions are opened explicitly with BEGIN IMMEDIATE in _write().
@@ -104,12 +101,16 @@ class Index(CompletionBookkeeping, DeletionBookkeeping):
                 raise IndexDatabaseError(f"index {self.path}: cannot switch to WAL journal mode (got {mode})")
             self._db.execute("PRAGMA synchronous = FULL")
             self._migrate()
-            self._deleting = {str(row[0]) for row in self._db.execute("SELECT study_instance_uid FROM deleting")}
         except sqlite3.Error as error:
             raise IndexDatabaseError(f"cannot open the index {self.path}: {error}") from error
         log.info("index %s open (schema %d)", self.path, SCHEMA_VERSION)
 
     def close(self) -> None:
+        """Close the connection; the associations still open on this object end with it (rows deleted)."""
+        try:
+            self._forget_own_associations()
+        except IndexDatabaseError as error:  # the rows of a gone process are ignored by readers anyway
+            log.warning("index %s: open associations not cleared at close: %s", self.path, error)
         with self._lock:
             self._db.close()
 
@@ -319,47 +320,3 @@ class Index(CompletionBookkeeping, DeletionBookkeeping):
     def duplicates(self, study_instance_uid: str) -> int:
         rows = self._read("SELECT duplicates FROM studies WHERE study_instance_uid = ?", (study_instance_uid,))
         return int(rows[0][0]) if rows else 0
-
-    # -- associations (completion and retention read them) ---------------------------------------------
-
-    def association_opened(self, association_id: str) -> None:
-        with self._lock:
-            self._open.setdefault(association_id, set())
-
-    def association_carried(self, association_id: str, study_instance_uid: str) -> None:
-        """Note that an open association carries the study: it is not quiet until the association ends.
-
-        The C-STORE handler calls this before it writes the instance. If retention is deleting the study,
-        wait (at most ``deletion_wait_s``) for the deletion to end, so that the instance is written after
-        the study's folder and rows are gone and starts the study again.
-
-        Raises
-        ------
-        StudyBeingDeletedError
-            The deletion did not end in time; the caller must not store the instance (failure status).
-        """
-        with self._lock:
-            if study_instance_uid in self._deleting:
-                log.info("an instance arrived for a study being deleted by retention: waiting for the deletion")
-                ended = self._deletion_ended.wait_for(
-                    lambda: study_instance_uid not in self._deleting, self._deletion_wait_s
-                )
-                if not ended:
-                    raise StudyBeingDeletedError(
-                        f"the study is being deleted by retention (still after {self._deletion_wait_s:g} s): "
-                        "the instance was not stored; send it again"
-                    )
-            self._open.setdefault(association_id, set()).add(study_instance_uid)
-
-    def association_closed(self, association_id: str) -> None:
-        """Forget the association; its studies' quiet period starts now (released, not just idle)."""
-        with self._lock:
-            studies = self._open.pop(association_id, set())
-        now = self._clock()
-        for study in sorted(studies):
-            self.touch_study(study, now)
-
-    def open_associations(self, study_instance_uid: str) -> int:
-        """How many open associations have carried the study."""
-        with self._lock:
-            return sum(study_instance_uid in studies for studies in self._open.values())

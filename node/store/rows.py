@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 BUSY_TIMEOUT_MS = 10_000
 
 SCHEMA = """
@@ -46,6 +46,15 @@ CREATE TABLE deleting (
     bytes              INTEGER NOT NULL,
     marked_at          REAL NOT NULL
 );
+-- The studies open associations carry, of every receiver process (node.store.associations): cleared at
+-- the node's start, and rows of a pid that is not alive are ignored.
+CREATE TABLE carrying (
+    association_id     TEXT NOT NULL,     -- unique within its process
+    pid                INTEGER NOT NULL,  -- the receiver process that has the association open
+    study_instance_uid TEXT NOT NULL,
+    PRIMARY KEY (association_id, pid, study_instance_uid)
+);
+CREATE INDEX carrying_by_study ON carrying (study_instance_uid);
 """
 
 COLUMNS = (
@@ -79,6 +88,12 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     ),
     # The completion timer's tick scanned every study (bench/index_scale.py).
     5: ("CREATE INDEX studies_open ON studies (first_received_at) WHERE completed_at IS NULL",),
+    # Open associations move from process memory to the database: several receiver processes share it.
+    6: (
+        "CREATE TABLE carrying (association_id TEXT NOT NULL, pid INTEGER NOT NULL, study_instance_uid TEXT NOT NULL,"
+        " PRIMARY KEY (association_id, pid, study_instance_uid))",
+        "CREATE INDEX carrying_by_study ON carrying (study_instance_uid)",
+    ),
 }
 
 

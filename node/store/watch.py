@@ -1,14 +1,13 @@
 """Completion's bookkeeping in the index: activity times, quiet periods, complete and reopened studies.
 
-A mixin of :class:`node.store.index.Index`, which provides the connection, its lock and the in-memory
-set of open associations (a study an open association carries is never quiet).
+A mixin of :class:`node.store.index.Index`, which provides the connection, its lock and the studies open
+associations carry (:mod:`node.store.associations`; a study an open association carries is never quiet).
 """
 
 from __future__ import annotations
 
 import logging
 import sqlite3
-import threading
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -18,8 +17,8 @@ log = logging.getLogger("node.store.index")
 class CompletionBookkeeping:
     """What the completion timer (:mod:`node.store.completion`) reads and writes in the index."""
 
-    _lock: threading.Lock
-    _open: dict[str, set[str]]
+    def _carried_studies(self) -> set[str]:
+        raise NotImplementedError  # AssociationBookkeeping provides it
 
     def _write(self, durable: bool = True) -> AbstractContextManager[sqlite3.Connection]:
         raise NotImplementedError  # Index provides it
@@ -38,8 +37,9 @@ class CompletionBookkeeping:
     def restart_quiet_periods(self, now: float) -> int:
         """At start-up: every study not yet complete gets a new quiet period from ``now``.
 
-        Open associations are kept in memory, so after a crash or a stop a study whose sender was cut off
-        would look quiet at once and be analysed half-received, before the sender could send the rest.
+        The associations open before a crash or a stop are gone (their rows are ignored or cleared), so a
+        study whose sender was cut off would look quiet at once and be analysed half-received, before the
+        sender could send the rest.
         Returns how many studies are watched again.
         """
         with self._write() as db:
@@ -71,8 +71,8 @@ class CompletionBookkeeping:
             " ORDER BY first_received_at",
             (now, quiet_seconds, now - max_wait_seconds, now, quiet_seconds, now - max_wait_seconds),
         )
-        with self._lock:
-            carried = set().union(*self._open.values()) if self._open else set()
+        # Read after the studies: an association that starts carrying one in between is still seen.
+        carried = self._carried_studies() if rows else set()
         return [str(study) for study, quiet, capped in rows if capped or (quiet and study not in carried)]
 
     def reopen_study(self, study_instance_uid: str, now: float) -> bool:

@@ -322,7 +322,7 @@ def test_index_is_wal_with_full_sync_and_a_schema_version(tmp_path: Path) -> Non
     index.close()
     db = sqlite3.connect(tmp_path / "index.db")
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"  # persistent in the file
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 5
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 6  # schema 6: the carrying table
     # Schema 5: the completion timer's query reads the open studies through their own index.
     plan = db.execute(
         "EXPLAIN QUERY PLAN SELECT study_instance_uid FROM studies WHERE completed_at IS NULL"
