@@ -235,3 +235,15 @@ def send_all(sock: socket.socket, pdus: Iterator[bytes] | list[bytes]) -> None:
     """Write PDUs; ``sendall`` on a socket with a timeout raises ``TimeoutError`` when the peer stops reading."""
     for pdu in pdus:
         sock.sendall(pdu)
+
+
+def echo_request(message_id: int, sop_class: str = "1.2.840.10008.1.1") -> bytes:
+    """A C-ECHO-RQ command set (no dataset); Verification SOP Class unless told otherwise."""
+    return encode_command(
+        [
+            (AFFECTED_SOP_CLASS_UID, _ui(sop_class)),
+            (COMMAND_FIELD, _u16(C_ECHO_RQ)),
+            (MESSAGE_ID, _u16(message_id)),
+            (COMMAND_DATASET_TYPE, _u16(NO_DATASET)),
+        ]
+    )

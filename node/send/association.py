@@ -1,43 +1,24 @@
-"""Opening and closing the SCU's associations: settings, the AE, the socket, and why an attempt failed, in words.
+"""The SCU's association settings, and a pynetdicom fix the test scanners still need.
 
 - :class:`ScuSettings`: our AE title, timeouts, maximum PDU and stall retries (:meth:`ScuSettings.from_config`
-  takes them from ``[limits]``); :func:`make_ae` builds a pynetdicom AE with them.
-- :func:`pynetdicom_options`: pynetdicom's process-wide options this package needs, set once
-  (``STORE_SEND_CHUNKED_DATASET``: a file given by path is sent as it is stored, never decoded).
-- :func:`open_association`: TCP_NODELAY on the socket (pynetdicom never sets it; with Nagle each C-STORE
-  waits for a delayed ACK), our maximum PDU from the settings (0 = unlimited), TLS for a destination with
-  TLS settings (pynetdicom's ``tls_args``: the context of :func:`node.dicom.tls.client_context` and the
-  destination's host as the name its certificate must hold); a failed attempt returns why in words
-  (unresolvable host, refused connection, a TLS handshake that failed and why, rejection, no accepted
-  context, ACSE timeout), never raises.
-- :func:`close_association` releases (or aborts) an association; :func:`no_response` says why a C-STORE
-  or C-ECHO got no response (the DIMSE timeout, or the association aborted or lost).
+  takes them from ``[limits]``). The associations themselves are :mod:`node.send.requestor`'s (a plain
+  socket, no pynetdicom threads).
+- :data:`TIMEOUT_SLACK`: an attempt that ended this close to its timeout counts as the timeout.
+- :func:`keep_stolen_responses`: for pynetdicom requestors (the scanners of tests/faults.py and
+  tests/e2e/test_crash.py), a response that pynetdicom's reactor took goes back to the waiting send.
 """
 
 from __future__ import annotations
 
-import functools
-import logging
-import socket
-import threading
-import time
 from dataclasses import dataclass
 from typing import Any
 
-from pynetdicom import AE, _config, evt
-from pynetdicom.presentation import PresentationContext
-
 from node.config import NodeConfig
-from node.dicom.tls import TLSAttempt
-from node.errors import ConfigError
-from node.send.destination import Destination
 
-__all__ = ["ScuSettings", "close_association", "make_ae", "no_response", "open_association", "pynetdicom_options"]
-
-log = logging.getLogger(__name__)
+__all__ = ["TIMEOUT_SLACK", "ScuSettings", "keep_stolen_responses"]
 
 # An attempt that ended this close to its timeout is taken as the timeout (clocks and scheduling jitter).
-_TIMEOUT_SLACK = 0.9
+TIMEOUT_SLACK = 0.9
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +34,7 @@ class ScuSettings:
     dimse_timeout
         Seconds to wait for a C-STORE or C-ECHO response before the association counts as stalled.
     network_timeout
-        Seconds of silence on an open association before pynetdicom aborts it.
+        Seconds a write may wait for the peer to read before the association is dropped.
     max_pdu
         Largest PDU we receive, bytes; 0 = unlimited (pynetdicom's default, 16382, is slow).
     stall_retries
@@ -87,92 +68,6 @@ class ScuSettings:
         )
 
 
-@functools.cache
-def pynetdicom_options() -> None:
-    """Set pynetdicom's process-wide options the SCU needs, once.
-
-    ``STORE_SEND_CHUNKED_DATASET``: ``send_c_store(path)`` sends the file's bytes after the file meta as
-    they are, in PDU-sized chunks, instead of decoding and re-encoding the dataset. It only changes what
-    ``send_c_store`` does when given a path; ``send_c_store(dataset)`` and the SCP (which never sends a
-    C-STORE, and receives by ``STORE_RECV_CHUNKED_DATASET``) are unaffected.
-    """
-    _config.STORE_SEND_CHUNKED_DATASET = True
-
-
-def _on_connect(event: Any, connected: threading.Event) -> None:
-    """EVT_CONN_OPEN: TCP_NODELAY on the association's socket (pynetdicom leaves Nagle on)."""
-    sock = event.assoc.dul.socket.socket
-    if sock is not None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    connected.set()
-
-
-def make_ae(settings: ScuSettings) -> Any:
-    """A pynetdicom AE with our AE title and the settings' timeouts (the caller shuts it down)."""
-    ae = AE(ae_title=settings.calling_ae)
-    ae.acse_timeout = settings.acse_timeout
-    ae.dimse_timeout = settings.dimse_timeout
-    ae.network_timeout = settings.network_timeout
-    ae.connection_timeout = settings.acse_timeout
-    return ae
-
-
-@dataclass(frozen=True, slots=True)
-class _Opened:
-    """An association attempt: the association when established, else why not in words."""
-
-    assoc: Any = None
-    why: str = ""
-    nothing_accepted: bool = False  # the peer accepted the association but none of its contexts
-
-
-def open_association(
-    ae: Any, destination: Destination, contexts: list[PresentationContext], settings: ScuSettings
-) -> _Opened:
-    """Open an association; pynetdicom aborts one whose contexts were all refused (``nothing_accepted``)."""
-    connected = threading.Event()
-    where = f"{destination.host}:{destination.port}"
-    tls: TLSAttempt | None = None
-    if destination.tls is not None:
-        try:
-            tls = TLSAttempt(destination.tls, destination.host)
-        except ConfigError as exc:  # a certificate or key file changed since the config was loaded
-            return _Opened(why=f"peer {destination.name or where}: {exc}")
-    started = time.monotonic()
-    try:
-        assoc = ae.associate(
-            destination.host,
-            destination.port,
-            contexts,
-            ae_title=destination.ae_title,
-            max_pdu=settings.max_pdu,
-            evt_handlers=[(evt.EVT_CONN_OPEN, _on_connect, [connected])],
-            tls_args=tls.tls_args if tls is not None else None,
-        )
-    except OSError as exc:  # socket.gaierror: the host name does not resolve
-        return _Opened(why=f"cannot resolve host '{destination.host}' ({exc})")
-    if assoc.is_established:
-        keep_stolen_responses(assoc)
-        return _Opened(assoc)
-    elapsed = time.monotonic() - started
-    tls_failure = tls.why(where) if tls is not None else None
-    if tls_failure is not None:
-        return _Opened(why=tls_failure)
-    answer = assoc.acceptor.primitive
-    if assoc.is_rejected and answer is not None:
-        how = f"{answer.result_str.lower()}, by the {answer.source_str.lower()}"
-        return _Opened(why=f"association rejected by {destination.ae_title}: {answer.reason_str} ({how})")
-    if answer is not None and answer.result == 0 and not assoc.accepted_contexts and assoc.rejected_contexts:
-        return _Opened(why=f"{destination} accepted none of the presentation contexts", nothing_accepted=True)
-    if not connected.is_set():
-        if elapsed >= _TIMEOUT_SLACK * settings.acse_timeout:
-            return _Opened(why=f"no answer from {where} within {settings.acse_timeout:g} s (connect timeout)")
-        return _Opened(why=f"cannot connect to {where} (connection refused or host unreachable)")
-    if elapsed >= _TIMEOUT_SLACK * settings.acse_timeout:
-        return _Opened(why=f"no association answer from {where} within {settings.acse_timeout:g} s (ACSE timeout)")
-    return _Opened(why=f"the association request to {where} was aborted or the connection closed")
-
-
 def keep_stolen_responses(assoc: Any) -> None:
     """Give a response that pynetdicom's reactor thread took back to the thread waiting for it.
 
@@ -195,21 +90,3 @@ def keep_stolen_responses(assoc: Any) -> None:
         serve(msg, context_id)
 
     assoc._serve_request = serve_or_give_back
-
-
-def close_association(assoc: Any) -> None:
-    """Release an open association (abort it if the release fails); never raises."""
-    try:
-        if assoc.is_established:
-            assoc.release()
-        if assoc.is_established:
-            assoc.abort()
-    except Exception:  # closing is best effort: the association is done either way
-        log.debug("closing the association failed", exc_info=True)
-
-
-def no_response(settings: ScuSettings, elapsed: float) -> str:
-    """Why a C-STORE got no response after ``elapsed`` seconds: the DIMSE timeout, or a lost association."""
-    if elapsed >= _TIMEOUT_SLACK * settings.dimse_timeout:
-        return f"no C-STORE response within {settings.dimse_timeout:g} s (DIMSE timeout)"
-    return "the association was aborted or the connection lost while waiting for a C-STORE response"

@@ -5,21 +5,21 @@
 - What is proposed and how a batch is split: :mod:`~node.send.contexts` (per SOP class, one presentation
   context per stored transfer syntax plus Explicit and Implicit VR Little Endian; at most 128 contexts
   per association, a batch needing more is sent over several, one after the other). Opening and closing
-  associations (TCP_NODELAY, our maximum PDU, timeouts): :mod:`~node.send.association`. How answers are
-  judged: :mod:`~node.send.outcomes`.
-- A file whose stored transfer syntax was accepted is sent as it is stored: the bytes after the file
-  meta, read in chunks, never decoded (pynetdicom's ``STORE_SEND_CHUNKED_DATASET``, set once, see
-  :func:`~node.send.association.pynetdicom_options`).
+  associations (TCP_NODELAY, our maximum PDU, timeouts, TLS) on a plain socket, without pynetdicom's
+  polling threads: :mod:`~node.send.requestor`. How answers are judged: :mod:`~node.send.outcomes`.
+- A file whose stored transfer syntax was accepted is sent as it is stored: the file is read once and
+  the bytes after its file meta are written from that buffer, never decoded (:func:`stored_dataset`).
 - A file whose stored syntax the peer refused, when the peer accepted Explicit or Implicit VR Little
   Endian for its SOP class, is decoded in memory, one file at a time, by
   :func:`node.send.transcode.decode_to` (compressed pixel data decoded, deflate inflated; the stored
-  file untouched) and sent as Explicit VR Little Endian, or Implicit when only that was accepted:
-  pynetdicom encodes the dataset. A lossless source arrives pixel-identical. A file that cannot be
-  decoded (no decoder for its syntax, no plugin installed, corrupt data) or a peer that accepted no
+  file untouched) and sent as Explicit VR Little Endian, or Implicit when only that was accepted
+  (encoded by ``pynetdicom.dsutils.encode``, as pynetdicom's ``send_c_store`` did). A lossless source
+  arrives pixel-identical. A file that cannot be decoded (no decoder for its syntax, no plugin
+  installed, corrupt data) or a peer that accepted no
   uncompressed syntax for the class is a failure that names the syntax.
 - A new Message ID for each C-STORE.
-- Stalls: when a C-STORE gets no response within the DIMSE timeout (pynetdicom then aborts the
-  association and returns an empty status) or the association is lost, a new association is opened and
+- Stalls: when a C-STORE gets no response within the DIMSE timeout (the association is then aborted)
+  or the association is lost, a new association is opened and
   every file without an answer is sent again, at most ``stall_retries`` times per batch; what is still
   without an answer then is "not sent" (retryable). A resent instance may reach the peer twice (its
   response was lost): sends are idempotent per SOP Instance UID at the peer.
@@ -42,26 +42,20 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import NamedTuple
 
-from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pynetdicom import build_context
+from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from node.dicom.status import Status, describe
-from node.send.association import (
-    ScuSettings,
-    close_association,
-    make_ae,
-    no_response,
-    open_association,
-    pynetdicom_options,
-)
+from node.send.association import ScuSettings
 from node.send.contexts import MAX_CONTEXTS, UNCOMPRESSED_LE, Item, groups, inspect, presentation_contexts
 from node.send.deidentify import DeidentifyError, deidentified
 from node.send.destination import Destination
 from node.send.outcomes import EchoResult, FileOutcome, Verdict, advice, classify
+from node.send.requestor import Requestor, request_association
 from node.send.transcode import TranscodeError, can_decode, decode_to
 
 __all__ = [
@@ -74,11 +68,47 @@ __all__ = [
     "echo",
     "presentation_contexts",
     "store_files",
+    "stored_dataset",
 ]
 
 log = logging.getLogger(__name__)
 
 _MAX_MESSAGE_ID = 0xFFFF
+# File meta elements whose VR has a 4-byte length after 2 reserved bytes (PS3.5 §7.1.2).
+_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
+
+
+class _Payload(NamedTuple):
+    context_id: int
+    sop_class: str
+    sop_instance: str
+    data: bytes | memoryview
+
+
+def stored_dataset(path: Path) -> memoryview:
+    """The dataset of a Part-10 file as stored: the bytes after the preamble, ``DICM`` and the file meta.
+
+    The file is read once and the dataset is a view into that buffer (no second copy). The file meta
+    (group 0002, always explicit VR little endian) is walked element by element rather than trusting
+    (0002,0000), which some writers get wrong.
+
+    Raises
+    ------
+    OSError
+        The file cannot be read; ValueError: it is not Part-10 or its file meta runs past its end.
+    """
+    data = path.read_bytes()
+    if data[128:132] != b"DICM":
+        raise ValueError("no 'DICM' after the preamble")
+    offset, end = 132, len(data)
+    while offset + 8 <= end and data[offset : offset + 2] == b"\x02\x00":
+        if data[offset + 4 : offset + 6] in _LONG_VRS:
+            offset += 12 + int.from_bytes(data[offset + 8 : offset + 12], "little")
+        else:
+            offset += 8 + int.from_bytes(data[offset + 6 : offset + 8], "little")
+    if offset > end:
+        raise ValueError("its file meta runs past the end of the file")
+    return memoryview(data)[offset:]
 
 
 def _no_context(destination: Destination, item: Item) -> str:
@@ -88,9 +118,9 @@ def _no_context(destination: Destination, item: Item) -> str:
     )
 
 
-def _payload(assoc: Any, item: Item, destination: Destination, tally: Counter[str]) -> Path | Dataset | FileOutcome:
-    """What to give ``send_c_store`` for the file: its path (sent as stored), a dataset decoded for the
-    peer (counted in ``tally["transcoded"]``), or the outcome when it cannot be sent on this association.
+def _payload(requestor: Requestor, item: Item, destination: Destination, tally: Counter[str]) -> _Payload | FileOutcome:
+    """What to send for the file: its stored dataset bytes, a dataset decoded for the peer and encoded
+    (counted in ``tally["transcoded"]``), or the outcome when it cannot be sent on this association.
 
     A destination with ``deidentify`` always gets a dataset: read as stored (or decoded, as above), then
     de-identified in memory (:mod:`node.send.deidentify`); the file and the job's SOP Instance UID stay."""
@@ -98,11 +128,19 @@ def _payload(assoc: Any, item: Item, destination: Destination, tally: Counter[st
     def outcome(verdict: Verdict, reason: str) -> FileOutcome:
         return FileOutcome(item.index, item.path, verdict, None, reason)
 
-    accepted = [cx for cx in assoc.accepted_contexts if cx.abstract_syntax == item.sop_class and cx.as_scu]
-    syntaxes = [UID(cx.transfer_syntax[0]) for cx in accepted]
+    syntaxes = [cx.transfer_syntax for cx in requestor.accepted if cx.abstract_syntax == item.sop_class]
     as_stored = item.transfer_syntax in syntaxes
-    if as_stored and destination.deidentify is None:
-        return item.path  # the fast path: the bytes after the file meta as stored, not decoded
+    if as_stored and destination.deidentify is None:  # the fast path: the bytes as stored, not decoded
+        context_id = requestor.context_for(item.sop_class, item.transfer_syntax)
+        assert context_id is not None
+        try:
+            return _Payload(context_id, item.sop_class, item.sop_instance, stored_dataset(item.path))
+        except FileNotFoundError:
+            return outcome(Verdict.PARK, f"file {item.path} is missing (deleted or moved during the send)")
+        except OSError as exc:
+            return outcome(Verdict.RETRY, f"file {item.path} could not be read while sending: {exc.strerror or exc}")
+        except ValueError as exc:
+            return outcome(Verdict.PARK, f"file {item.path} cannot be sent: {exc}")
     if not syntaxes:
         return outcome(Verdict.PARK, _no_context(destination, item))
     targets = [syntax for syntax in UNCOMPRESSED_LE if syntax in syntaxes]  # Explicit VR preferred
@@ -121,7 +159,7 @@ def _payload(assoc: Any, item: Item, destination: Destination, tally: Counter[st
     target = None if as_stored else targets[0]
     try:
         if destination.deidentify is None:
-            dataset = decode_to(item.path, targets[0])  # pynetdicom encodes it in the accepted syntax
+            dataset = decode_to(item.path, targets[0])
         else:
             dataset = deidentified(item.path, destination.deidentify, target)
     except FileNotFoundError:
@@ -136,54 +174,47 @@ def _payload(assoc: Any, item: Item, destination: Destination, tally: Counter[st
         return outcome(Verdict.PARK, why)
     except DeidentifyError as exc:
         return outcome(Verdict.PARK, f"{exc}; {destination} is sent de-identified instances only")
+    syntax = UID(item.transfer_syntax if target is None else target)
+    context_id = requestor.context_for(item.sop_class, syntax)
+    try:
+        sop_class, sop_instance = str(dataset.SOPClassUID), str(dataset.SOPInstanceUID)
+        encoded = encode(dataset, syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated)
+    except (AttributeError, ValueError) as exc:  # no SOP UIDs, or a private syntax pydicom cannot encode
+        return outcome(Verdict.PARK, f"file {item.path} cannot be sent: {exc}")
+    if encoded is None or context_id is None:
+        return outcome(Verdict.PARK, f"file {item.path} cannot be sent: its dataset cannot be encoded in {syntax.name}")
     if target is not None:
         tally["transcoded"] += 1
-    return dataset
+    return _Payload(context_id, sop_class, sop_instance, encoded)
 
 
 def _store_one(
-    assoc: Any, item: Item, msg_id: int, destination: Destination, settings: ScuSettings, tally: Counter[str]
+    requestor: Requestor, item: Item, msg_id: int, destination: Destination, settings: ScuSettings, tally: Counter[str]
 ) -> tuple[FileOutcome | None, str]:
-    """Send one file: ``(outcome, "")``, ``(None, why)`` when the association was lost before its answer
-    (the file stays to be resent), or ``(outcome, why)`` when the file is settled but the association
-    cannot be used further."""
+    """Send one file: ``(outcome, "")``, or ``(None, why)`` when the association was lost (or stalled)
+    before its answer (the file stays to be resent)."""
 
     def outcome(verdict: Verdict, reason: str, status: int | None = None) -> FileOutcome:
         return FileOutcome(item.index, item.path, verdict, status, reason)
 
-    payload = _payload(assoc, item, destination, tally)
+    payload = _payload(requestor, item, destination, tally)
     if isinstance(payload, FileOutcome):
         return payload, ""
-    started = time.monotonic()
-    try:
-        response = assoc.send_c_store(payload, msg_id=msg_id)
-    except RuntimeError:  # pynetdicom: "must be established": the peer closed it since the last C-STORE
-        return None, "the association was closed by the peer"
-    except (ValueError, AttributeError) as exc:  # raised before anything is sent: the association is intact
-        return outcome(Verdict.PARK, f"file {item.path} cannot be sent: {exc}"), ""
-    except FileNotFoundError:
-        why = f"file {item.path} is missing (deleted or moved during the send)"
-        return outcome(Verdict.PARK, why), "a file vanished while being sent"
-    except OSError as exc:
-        why = f"file {item.path} could not be read while sending: {exc.strerror or exc}"
-        return outcome(Verdict.RETRY, why), "a file could not be read while being sent"
-    elapsed = time.monotonic() - started
-    if response is None or "Status" not in response:
-        return None, no_response(settings, elapsed)
-    status = int(response.Status)
+    response = requestor.store(payload.context_id, msg_id, payload.sop_class, payload.sop_instance, payload.data)
+    status = response.status
+    if status is None:
+        return None, response.why
     log.debug("C-STORE %s %s -> %s", item.sop_class, item.sop_instance, describe(status))
     verdict = classify(status)
     if verdict is Verdict.SENT:
         reason = "" if status == Status.SUCCESS else f"{destination} stored it with warning {describe(status)}"
         return outcome(verdict, reason, status), ""
-    comment = str(response.get("ErrorComment", "") or "").strip()
-    said = f" ('{comment}')" if comment else ""
+    said = f" ('{response.comment}')" if response.comment else ""
     hint = advice(status, item.sop_class, settings.calling_ae)
     return outcome(verdict, f"{destination} answered {describe(status)}{said} for {item.path}: {hint}", status), ""
 
 
 def _send_group(
-    ae: Any,
     destination: Destination,
     settings: ScuSettings,
     group: list[Item],
@@ -205,10 +236,10 @@ def _send_group(
             settle_all(Verdict.CANCELLED, "not sent: the sender is stopping")
             return
         started = time.monotonic()
-        opening = open_association(ae, destination, contexts, settings)
+        opening = request_association(destination, contexts, settings)
         opened += 1
-        assoc = opening.assoc
-        if assoc is None:
+        requestor = opening.requestor
+        if requestor is None:
             log.info(
                 "C-STORE to %s: no association after %.2f s (%s); %d instances not sent",
                 destination,
@@ -230,7 +261,7 @@ def _send_group(
         try:
             while pending and not (stop is not None and stop.is_set()):
                 msg_id = msg_id % _MAX_MESSAGE_ID + 1
-                result, lost = _store_one(assoc, pending[0], msg_id, destination, settings, tally)
+                result, lost = _store_one(requestor, pending[0], msg_id, destination, settings, tally)
                 if result is not None:
                     pending.pop(0)
                     counts[result.verdict] += 1
@@ -238,7 +269,7 @@ def _send_group(
                 if lost:
                     break
         finally:
-            close_association(assoc)
+            requestor.release()  # nothing when it was lost or aborted
         failed = counts[Verdict.RETRY] + counts[Verdict.PARK]
         log.info(
             "C-STORE to %s: %d instances, %d sent, %d failed, %d not sent, %d transcoded in %.2f s%s",
@@ -292,7 +323,6 @@ def store_files(
     list[FileOutcome]
         One outcome per file, in the order of ``files``. Network problems never raise.
     """
-    pynetdicom_options()
     outcomes: list[FileOutcome | None] = [None] * len(files)
 
     def report(outcome: FileOutcome) -> None:
@@ -307,13 +337,8 @@ def store_files(
             report(inspected)
         else:
             items.append(inspected)
-    if items:
-        ae = make_ae(settings)
-        try:
-            for group in groups(items):
-                _send_group(ae, destination, settings, group, report, stop)
-        finally:
-            ae.shutdown()
+    for group in groups(items):
+        _send_group(destination, settings, group, report, stop)
     missing = [i for i, outcome in enumerate(outcomes) if outcome is None]
     if missing:  # a bug: every file must be reported exactly once
         raise AssertionError(f"no outcome for files at {missing}")
@@ -322,29 +347,19 @@ def store_files(
 
 def echo(destination: Destination, settings: ScuSettings) -> EchoResult:
     """C-ECHO: open an association for Verification, send one C-ECHO, release. Never raises for the network."""
-    ae = make_ae(settings)
     started = time.monotonic()
+    opening = request_association(destination, [build_context(Verification)], settings)
+    requestor = opening.requestor
+    if requestor is None:
+        why = "the peer does not accept Verification (C-ECHO)" if opening.nothing_accepted else opening.why
+        return EchoResult(False, time.monotonic() - started, why)
     try:
-        opening = open_association(ae, destination, [build_context(Verification)], settings)
-        assoc = opening.assoc
-        if assoc is None:
-            why = "the peer does not accept Verification (C-ECHO)" if opening.nothing_accepted else opening.why
-            return EchoResult(False, time.monotonic() - started, why)
-        try:
-            sent = time.monotonic()
-            try:
-                response = assoc.send_c_echo(msg_id=1)
-            except RuntimeError:  # the peer closed the association right after accepting it
-                response = None
-            waited = time.monotonic() - sent
-            seconds = time.monotonic() - started
-        finally:
-            close_association(assoc)
-        if response is None or "Status" not in response:
-            return EchoResult(False, seconds, no_response(settings, waited).replace("C-STORE", "C-ECHO"))
-        status = int(response.Status)
-        if status != Status.SUCCESS:
-            return EchoResult(False, seconds, f"the peer answered {describe(status)}", status)
-        return EchoResult(True, seconds, "", status)
+        response = requestor.echo(1)
+        seconds = time.monotonic() - started
     finally:
-        ae.shutdown()
+        requestor.release()
+    if response.status is None:
+        return EchoResult(False, seconds, response.why)
+    if response.status != Status.SUCCESS:
+        return EchoResult(False, seconds, f"the peer answered {describe(response.status)}", response.status)
+    return EchoResult(True, seconds, "", response.status)

@@ -44,10 +44,10 @@ from node.dicom.contexts import ACCEPTED_TRANSFER_SYNTAXES, UNCOMPRESSED
 from node.dicom.status import Status
 from node.jobs import JobState, JobStore
 from node.send import enqueue_send
-from node.send.association import make_ae as _make_ae
-from node.send.association import open_association as _open
+from node.send.association import keep_stolen_responses
 from node.send.destination import Destination
 from node.send.errors import DestinationError
+from node.send.requestor import request_association
 from node.send.scu import ScuSettings, Verdict, build_context, echo, store_files
 from node.send.sender import Sender, sender_job_store
 
@@ -400,16 +400,13 @@ def test_a_peer_that_always_stalls_leaves_the_batch_not_sent(tmp_path: Path) -> 
 
 def test_the_scu_socket_has_tcp_nodelay() -> None:
     with PeerSCP() as peer:
-        ae = _make_ae(FAST)
-        try:
-            opening = _open(ae, peer.destination(), [build_context(CTImageStorage, [ExplicitVRLittleEndian])], FAST)
-            assoc = opening.assoc
-            assert assoc is not None, opening.why
-            sock = assoc.dul.socket.socket
-            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
-            assoc.release()
-        finally:
-            ae.shutdown()
+        opening = request_association(
+            peer.destination(), [build_context(CTImageStorage, [ExplicitVRLittleEndian])], FAST
+        )
+        requestor = opening.requestor
+        assert requestor is not None, opening.why
+        assert requestor.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        assert requestor.release()
 
 
 def test_a_response_the_reactor_takes_goes_back_to_the_waiting_send() -> None:
@@ -426,13 +423,13 @@ def test_a_response_the_reactor_takes_goes_back_to_the_waiting_send() -> None:
         return rsp
 
     with PeerSCP() as peer:
-        ae = _make_ae(FAST)
         plain = AE("NODE")
         plain.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
         try:
-            ours = _open(ae, peer.destination(), [build_context(CTImageStorage, [ExplicitVRLittleEndian])], FAST).assoc
+            ours = plain.associate(HOST, peer.port, ae_title="PEER")
             theirs = plain.associate(HOST, peer.port, ae_title="PEER")
-            assert ours is not None and theirs.is_established
+            assert ours.is_established and theirs.is_established
+            keep_stolen_responses(ours)
             for assoc in (ours, theirs):
                 context = assoc.accepted_contexts[0].context_id
                 assoc._reactor_checkpoint.clear()  # hold both reactors: only this test touches the queues
@@ -447,7 +444,6 @@ def test_a_response_the_reactor_takes_goes_back_to_the_waiting_send() -> None:
                 assoc._reactor_checkpoint.set()
                 assoc.release()
         finally:
-            ae.shutdown()
             plain.shutdown()
 
 
