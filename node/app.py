@@ -2,7 +2,7 @@
 
 ``pacs-node serve`` (one process)::
 
-    Receiver (pynetdicom SCP, a thread per association)
+    Receiver (own PS3.8 acceptor, node/dicom/ul.py; a thread per association)
         └─ StoreHandler ──▶ Spool (fsync + rename) + Index (SQLite WAL)           DESIGN §4.1
     CompletionTimer (thread) ──▶ Router.study_complete ──▶ JobStore: "analyse" jobs
     ChildProcesses: N × ``pacs-node worker`` ──▶ results in outbox/ + "send:<peer>" jobs
@@ -45,7 +45,8 @@ from node.routing import Router
 from node.routing.log import RoutingLog
 from node.store import DiskGuard, Index, Spool, free_mb
 from node.store.completion import CompletionTimer
-from node.store.journal import JOURNAL_DIR, Checkpointer, Journal, replay
+from node.store.durability import Checkpointer, replay
+from node.store.journal import JOURNAL_DIR, Journal
 from node.store.retention import Retention
 from node.web import ONE_TIME_ENV
 

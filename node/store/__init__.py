@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from node.store.disk import DiskGuard, free_mb
 from node.store.index import Index, IndexDatabaseError, StudyBeingDeletedError
+from node.store.part10 import part10_bytes, part10_header
 from node.store.rows import Instance, Recorded, StudySummary
 from node.store.spool import (
     AlreadyStoredError,
@@ -39,8 +40,6 @@ from node.store.spool import (
     Spool,
     SpoolWriteError,
     StoreError,
-    part10_bytes,
-    part10_header,
     validate_uid,
 )
 

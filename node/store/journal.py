@@ -13,44 +13,53 @@ deletes the journal segments that only hold records from before it. At start-up,
 :func:`replay` writes every record still in the journal into the spool and the index again (power loss
 may have lost the unsynced copies; a killed process has not, and replaying is idempotent).
 
-Record layout (little endian), appended to preallocated segment files ``<seq>.jnl``::
+Record layout (little endian), appended to segment files ``<seq>.jnl``::
 
-    magic b"PNJ1" | header length u32 | payload length u64 | crc32 of header + payload u32 | header | payload
+    magic b"PNJ2" | header length u32 | payload length u64 | crc32 u32 | segment seq u64 | header | payload
 
-The header is JSON (the index row and the relative path); the payload is the Part-10 file. A segment's
-unwritten tail reads as zeros, and a record cut short by a crash fails its CRC: replay stops there. Such
-a record was never acknowledged: the sync that would have covered it had not returned.
+The header is JSON (the index row and the relative path); the payload is the Part-10 file; the CRC covers
+header, payload and seq. A record cut short by a crash fails its CRC, and a record of the segment's earlier
+life (below) carries another seq: replay stops at either, and at a zero tail. Such a record was never
+acknowledged: the sync that would have covered it had not returned. (``PNJ1`` records, without the seq,
+are still replayed: a journal left by an older node.)
+
+Segments are recycled: a checkpointed segment becomes a spare (``<its seq>-<n>.jnl.spare``, at most
+``SPARES``) instead of being deleted, and the next segment is a spare renamed; the checkpoint thread also
+writes one zero-filled spare at a time while fewer than two are ready. A segment's seq is never used twice
+(a new journal starts above every seq a spare may still hold), so an old record is never taken for a new
+one. Overwriting blocks already written needs no filesystem metadata at ``fdatasync``;
+appending into ``fallocate``d space (unwritten extents) does: measured here, 0.30 ms instead of 0.60 ms
+a sync of a 512 KiB record. And no segment is created (allocated, synced) under the journal's lock while
+spares last.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import json
 import logging
 import os
 import struct
 import threading
+import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from node.store.spool import SpoolWriteError, StoreError
-
-if TYPE_CHECKING:
-    from node.store.index import Index
-    from node.store.spool import Spool
+from node.store.spool import SpoolWriteError, StoreError, syncfs
 
 log = logging.getLogger(__name__)
 
 JOURNAL_DIR = "journal"  # under node.data_dir
-MAGIC = b"PNJ1"
+MAGIC = b"PNJ2"
+_OLD_MAGIC = b"PNJ1"
 _HEAD = struct.Struct("<4sIQI")
+_SEQ = struct.Struct("<Q")
 SEGMENT_BYTES = 16 << 20
 SUFFIX = ".jnl"
+SPARE_SUFFIX = ".jnl.spare"
+SPARES = 8  # segments kept for reuse: a second of receiving at about 130 MB/s
 
 
 class JournalError(StoreError):
@@ -64,25 +73,37 @@ class Record:
     row: dict[str, object]
     data: bytes
 
-    def encode(self) -> bytes:
+    def prepare(self) -> tuple[bytes, int]:
+        """``(header, crc so far)``: the costly part of the encoding, done before the journal's lock."""
         header = json.dumps(self.row, separators=(",", ":")).encode()
-        crc = zlib.crc32(self.data, zlib.crc32(header))
-        return _HEAD.pack(MAGIC, len(header), len(self.data), crc) + header + self.data
+        return header, zlib.crc32(self.data, zlib.crc32(header))
+
+    def encode(self, seq: int, prepared: tuple[bytes, int] | None = None) -> list[bytes]:
+        """The record for segment ``seq``, as pieces to write one after the other (the payload not copied)."""
+        header, crc = prepared if prepared is not None else self.prepare()
+        seq_bytes = _SEQ.pack(seq)
+        crc = zlib.crc32(seq_bytes, crc)
+        return [_HEAD.pack(MAGIC, len(header), len(self.data), crc) + seq_bytes + header, self.data]
 
 
 def read_segment(path: Path) -> Iterator[Record]:
-    """The valid records of one segment, in order; stops at the first zero, short or damaged record."""
+    """The valid records of one segment, in order; stops at the first zero, short, damaged or stale record."""
+    expected = int(path.stem) if path.stem.isdigit() else -1
     with path.open("rb") as fh:
         while True:
             head = fh.read(_HEAD.size)
             if len(head) < _HEAD.size:
                 return
             magic, header_len, data_len, crc = _HEAD.unpack(head)
-            if magic != MAGIC:
+            if magic not in (MAGIC, _OLD_MAGIC):
                 return
+            seq_bytes = fh.read(_SEQ.size) if magic == MAGIC else b""
+            if magic == MAGIC and (len(seq_bytes) < _SEQ.size or _SEQ.unpack(seq_bytes)[0] != expected):
+                return  # a record of the segment's earlier life: the new records end before it
             header = fh.read(header_len)
             data = fh.read(data_len)
-            if len(header) < header_len or len(data) < data_len or zlib.crc32(data, zlib.crc32(header)) != crc:
+            whole = len(header) == header_len and len(data) == data_len
+            if not whole or zlib.crc32(seq_bytes, zlib.crc32(data, zlib.crc32(header))) != crc:
                 log.info("journal %s: a record cut short by a crash ends it (it was never acknowledged)", path.name)
                 return
             try:
@@ -92,27 +113,15 @@ def read_segment(path: Path) -> Iterator[Record]:
             yield Record(row, data)
 
 
+def _spare_seq(path: Path) -> int:
+    """The highest seq whose records a spare may still hold (0 for a zero-filled one)."""
+    head = path.name.split("-", 1)[0]
+    return int(head) if head.isdigit() else 0
+
+
 def segments(directory: Path) -> list[Path]:
     """The segment files of a journal folder, oldest first."""
     return sorted(directory.glob(f"*{SUFFIX}"), key=lambda p: int(p.stem) if p.stem.isdigit() else -1)
-
-
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-
-
-def syncfs(path: Path) -> None:
-    """Make every write to the filesystem holding ``path`` durable (Linux ``syncfs``; ``sync`` elsewhere)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        function = getattr(_libc, "syncfs", None)
-        if function is None:
-            os.sync()
-            return
-        if function(fd) != 0:
-            code = ctypes.get_errno()
-            raise OSError(code, os.strerror(code))
-    finally:
-        os.close(fd)
 
 
 class Journal:
@@ -139,7 +148,10 @@ class Journal:
         self.records = 0
         self.syncs = 0
         existing = segments(self.directory)
-        self._seq = int(existing[-1].stem) + 1 if existing else 1
+        for stale in self.directory.glob("spare-*.tmp"):  # a zero-fill cut short
+            stale.unlink(missing_ok=True)
+        spares = [_spare_seq(p) for p in self._spares()]
+        self._seq = max([int(existing[-1].stem) + 1 if existing else 1, *(seq + 1 for seq in spares)])
         self._closed: list[Path] = []  # segments appended to before the current one, not yet checkpointed
         self._warned = False
         self._limit = segment_bytes
@@ -161,6 +173,8 @@ class Journal:
     def _open_segment(self) -> None:
         self._path = self.directory / f"{self._seq}{SUFFIX}"
         self._seq += 1
+        if self._take_spare():
+            return
         self._limit = self._size()
         try:
             fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
@@ -183,6 +197,61 @@ class Journal:
             raise JournalError(f"cannot create a journal segment in {self.directory}: {exc.strerror}") from exc
         self._fd, self._offset = fd, 0
 
+    def _spares(self) -> list[Path]:
+        return sorted(self.directory.glob(f"*{SPARE_SUFFIX}"))
+
+    def _take_spare(self) -> bool:
+        """Open the next segment by renaming a zero-filled spare; ``False`` when there is none."""
+        for spare in self._spares():
+            try:
+                size = spare.stat().st_size
+                if size < min(self._segment_bytes, 1 << 20):
+                    spare.unlink()
+                    continue
+                os.rename(spare, self._path)
+                fd = os.open(self._path, os.O_RDWR)
+                fd_dir = os.open(self.directory, os.O_RDONLY)
+                try:
+                    os.fsync(fd_dir)  # the new name before the first record counts on it
+                finally:
+                    os.close(fd_dir)
+            except OSError:
+                continue  # another spare, or a new segment the usual way
+            self._fd, self._offset, self._limit = fd, 0, size
+            return True
+        return False
+
+    def prepare_spare(self, low: int = 2) -> bool:
+        """Zero-fill one new spare when fewer than ``low`` are ready (outside the lock: the checkpoint
+        thread's job; one at a time, so a burst does not double the disk's writes). Not when free space is
+        short (a sixteenth of it is less than a segment): a full disk is the disk guard's to report."""
+        if len(self._spares()) >= low or self._size() < self._segment_bytes:
+            return False
+        path = self.directory / f"spare-{os.getpid()}.tmp"
+        zeros = bytes(1 << 20)
+        try:
+            with open(path, "wb") as fh:
+                for _ in range(self._segment_bytes // len(zeros)):
+                    fh.write(zeros)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.rename(path, self.directory / f"0-{time.monotonic_ns()}{SPARE_SUFFIX}")
+        except OSError:
+            with contextlib.suppress(OSError):
+                path.unlink()
+            return False
+        return True
+
+    def _retire(self, path: Path) -> None:
+        """A checkpointed segment: a spare again while fewer than SPARES are ready, else deleted."""
+        try:
+            if path.stat().st_size >= self._segment_bytes and len(self._spares()) < SPARES:
+                os.rename(path, self.directory / f"{path.stem}-{time.monotonic_ns()}{SPARE_SUFFIX}")
+                return
+        except OSError:
+            pass
+        path.unlink(missing_ok=True)
+
     def _roll(self) -> None:
         """Close the current segment (synced first, so earlier positions stay durable) and open the next."""
         if self._offset:
@@ -201,18 +270,20 @@ class Journal:
         JournalError
             The write or the sync failed (disk full, I/O error): the instance is not acknowledged.
         """
-        data = record.encode()
+        prepared = record.prepare()
         with self._lock:
             try:
-                if self._offset + len(data) > self._limit and self._offset:
+                size = _HEAD.size + _SEQ.size + len(prepared[0]) + len(record.data)
+                if self._offset + size > self._limit and self._offset:
                     self._roll()
-                written = os.pwrite(self._fd, data, self._offset)
-                if written != len(data):
+                pieces = record.encode(self._seq - 1, prepared)
+                written = os.pwritev(self._fd, pieces, self._offset)
+                if written != size:
                     raise OSError(28, "short write to the journal")
             except OSError as exc:
                 raise JournalError(f"cannot write the journal {self.directory}: {exc.strerror}") from exc
-            self._offset += len(data)
-            self._appended += len(data)
+            self._offset += size
+            self._appended += size
             self.records += 1
             mine = self._appended
             self._wait_durable(mine)
@@ -268,7 +339,7 @@ class Journal:
             reason = f"cannot sync for a journal checkpoint: {exc.strerror}"
             raise SpoolWriteError(reason, exc.errno) from exc
         for path in done:
-            path.unlink(missing_ok=True)
+            self._retire(path)
         with contextlib.suppress(OSError):
             fd = os.open(self.directory, os.O_RDONLY)
             try:
@@ -283,70 +354,3 @@ class Journal:
                 with contextlib.suppress(OSError):
                     os.close(self._fd)
                 self._fd = -1
-
-
-def replay(directory: Path, spool: Spool, index: Index) -> int:
-    """Write every journalled instance into the spool and the index again, make them durable, and empty
-    the journal; return how many records there were. Call at start-up, before any association.
-
-    Idempotent: a record whose file and row survived is written again with the same bytes and row.
-    """
-    paths = segments(directory)
-    count = 0
-    for path in paths:
-        for record in read_segment(path):
-            row = record.row
-            study, series, sop = (
-                str(row[k]) for k in ("study_instance_uid", "series_instance_uid", "sop_instance_uid")
-            )
-            spool.write(study, series, sop, record.data, overwrite=True, durable=False)
-            index.restore({k: v for k, v in row.items() if k != "replace"}, replace=bool(row.get("replace")))
-            count += 1
-    if paths:
-        syncfs(spool.root)
-        for path in paths:
-            path.unlink(missing_ok=True)
-    if count:
-        log.info("journal replayed: %d instances written again into the spool and the index", count)
-    return count
-
-
-class Checkpointer:
-    """Runs :meth:`Journal.checkpoint` every ``interval`` seconds on a thread until stopped.
-
-    The journal holds every instance received since the last checkpoint (bytes included), so the
-    interval bounds its size: at 100 MB/s of received data, one second is about two segments.
-    """
-
-    def __init__(self, journal: Journal, paths: tuple[Path, ...], interval: float = 1.0) -> None:
-        self.journal = journal
-        self.paths = paths
-        self.interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="journal-checkpoint", daemon=True)
-        self._guard = threading.Lock()  # one checkpoint at a time (the thread, retention, the drain)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def checkpoint(self) -> int:
-        with self._guard:
-            return self.journal.checkpoint(*self.paths)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.checkpoint()
-            except StoreError as exc:  # the journal keeps its segments; the next checkpoint tries again
-                log.warning("journal checkpoint failed: %s", exc)
-
-    def stop(self) -> None:
-        """Stop the thread, then one last checkpoint: the journal is empty after a clean stop."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
-        try:
-            self.checkpoint()
-        except StoreError as exc:
-            log.warning("last journal checkpoint failed (replayed at the next start): %s", exc)
-        self.journal.close()

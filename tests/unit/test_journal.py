@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from node.store import Index, Spool
-from node.store.journal import Journal, Record, read_segment, replay, segments
+from node.store.durability import replay
+from node.store.journal import Journal, Record, read_segment, segments
 
 
 def _row(n: int, study: str = "1.2.3") -> dict[str, object]:

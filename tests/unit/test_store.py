@@ -31,8 +31,9 @@ from node.store import (
     part10_bytes,
     part10_header,
 )
+from node.store import part10 as part10_module
 from node.store import spool as spool_module
-from node.store.spool import part10_header_for
+from node.store.part10 import part10_header_for
 
 STUDY, SERIES, SOP = "1.2.826.0.1.3680043.8.498.1", "1.2.826.0.1.3680043.8.498.2", "1.2.826.0.1.3680043.8.498.3"
 
@@ -273,7 +274,7 @@ def test_part10_header_is_byte_for_byte_pydicoms(name: str) -> None:
     before = copy.deepcopy(meta)
     assert part10_header(meta) == _reference_part10_header(meta)
     assert meta == before  # not modified
-    assert (spool_module._hand_header(meta) is not None) == (name in list(_METAS)[:7])  # which path wrote it
+    assert (part10_module._hand_header(meta) is not None) == (name in list(_METAS)[:7])  # which path wrote it
 
 
 def test_part10_header_for_matches_the_file_meta_dataset_encoding() -> None:
