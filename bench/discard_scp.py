@@ -2,11 +2,12 @@
 
     .venv/bin/python bench/discard_scp.py PORT COUNT_FILE
 
-Same pynetdicom settings as the node's receiver (node/receive/server.py): every storage SOP class with the
-node's accepted transfer syntaxes, unlimited PDU size, TCP_NODELAY on accepted sockets (the node's own
-server class); the C-STORE handler returns Success at once. After every association it writes the number of
+The settings the node's receiver had while it was built on pynetdicom: every storage SOP class with the
+node's accepted transfer syntaxes, unlimited PDU size, TCP_NODELAY on accepted sockets, a listen queue of
+128; the C-STORE handler returns Success at once. After every association it writes the number of
 instances received so far to COUNT_FILE. It is the row bench/ingest.py calls "pynetdicom discard": how fast
-the node could receive if storing cost nothing.
+a pynetdicom receiver could be if storing cost nothing (the node now has its own acceptor,
+node/receive/acceptor.py, and can pass this ceiling).
 """
 
 from __future__ import annotations
@@ -19,11 +20,24 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import socket
+
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
 
 from node.dicom.contexts import ACCEPTED_TRANSFER_SYNTAXES
-from node.receive.server import _NoDelayServer
+
+
+class _NoDelayServer(ThreadedAssociationServer):
+    """TCP_NODELAY on every accepted socket (else each C-STORE response waits for an ACK)."""
+
+    request_queue_size = 128
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, address = super().get_request()
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock, address
 
 
 def main() -> int:

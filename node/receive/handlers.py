@@ -32,16 +32,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pydicom.dataset import Dataset
-from pynetdicom import events
-from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
-from node import logs
 from node.dicom.status import Status
 from node.metrics import metrics
-from node.receive.identify import Identity, UnacceptableError, identify
-from node.store import DiskGuard, Index, InvalidUIDError, Spool, StoreError, part10_bytes
+from node.receive.identify import Identity, UnacceptableError, identify_dataset
+from node.store import DiskGuard, Index, InvalidUIDError, Spool, StoreError
 from node.store.journal import Journal, Record
+from node.store.part10 import part10_header_for
 from node.store.spool import AlreadyStoredError
 
 log = logging.getLogger(__name__)
@@ -59,16 +57,26 @@ class _Association:
     refused: dict[str, int] = field(default_factory=dict)
 
 
-def association_id(event: events.Event) -> str:
-    """A process-unique name for the event's association (the object lives as long as the association)."""
-    return f"{id(event.assoc):x}"
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """The peer of one association: ``key`` is unique among the associations of this process."""
+
+    key: str
+    calling_ae: str
+    called_ae: str
+    address: str
 
 
-def _failure(status: Status, comment: str) -> Dataset:
-    response = Dataset()
-    response.Status = int(status)
-    response.ErrorComment = comment[:64]
-    return response
+@dataclass(frozen=True, slots=True)
+class StoreRequest:
+    """A C-STORE-RQ with its dataset as received (never decoded here)."""
+
+    message_id: int
+    sop_class_uid: str
+    sop_instance_uid: str
+    abstract_syntax: str
+    transfer_syntax: str
+    dataset: bytes
 
 
 class StoreHandler:
@@ -110,15 +118,6 @@ class StoreHandler:
         self._lock = threading.Lock()
         self._open: dict[str, _Association] = {}
 
-    def bindings(self) -> list[tuple[events.EventType, Callable[..., object]]]:
-        """``(event, handler)`` pairs for ``AE.start_server(evt_handlers=...)``."""
-        return [
-            (events.EVT_C_ECHO, self.echo),
-            (events.EVT_C_STORE, self.store),
-            (events.EVT_ACCEPTED, self.opened),
-            (events.EVT_CONN_CLOSE, self.closed),
-        ]
-
     @property
     def open_associations(self) -> int:
         with self._lock:
@@ -126,22 +125,18 @@ class StoreHandler:
 
     # -- associations ------------------------------------------------------------------------------
 
-    def opened(self, event: events.Event) -> None:
-        calling = event.assoc.requestor.ae_title.strip()
-        address = str(event.assoc.requestor.address)
-        logs.peer_ae.set(calling)  # this thread is the association's: its log lines name the peer
+    def opened(self, caller: Caller) -> None:
         with self._lock:
-            self._open[association_id(event)] = _Association(calling, address)
-        self.index.association_opened(association_id(event))
-        log.debug("association accepted from %s", address)
+            self._open[caller.key] = _Association(caller.calling_ae, caller.address)
+        self.index.association_opened(caller.key)
+        log.debug("association accepted from %s", caller.address)
 
-    def closed(self, event: events.Event) -> None:
-        key = association_id(event)
+    def closed(self, caller: Caller) -> None:
         with self._lock:
-            counters = self._open.pop(key, None)
+            counters = self._open.pop(caller.key, None)
         if counters is None:
             return  # rejected or never established: nothing was carried
-        self.index.association_closed(key)
+        self.index.association_closed(caller.key)
         refused = ", ".join(f"{n} {name}" for name, n in sorted(counters.refused.items())) or "none refused"
         log.info(
             "association from %s (%s) ended: %d stored, %d duplicates, %s, %.1f s",
@@ -153,9 +148,9 @@ class StoreHandler:
             time.monotonic() - counters.opened,
         )
 
-    def _count(self, event: events.Event, outcome: str) -> None:
+    def _count(self, caller: Caller, outcome: str) -> None:
         with self._lock:
-            counters = self._open.get(association_id(event))
+            counters = self._open.get(caller.key)
             if counters is None:
                 return
             if outcome == "stored":
@@ -167,44 +162,48 @@ class StoreHandler:
 
     # -- services ----------------------------------------------------------------------------------
 
-    def echo(self, event: events.Event) -> int:
+    def echo(self) -> int:
         return int(Status.SUCCESS)
 
-    def store(self, event: events.Event) -> int | Dataset:
-        """Store one instance durably, then answer; see the module docstring for every status."""
+    def store(self, caller: Caller, request: StoreRequest) -> tuple[int, str]:
+        """Store one instance durably, then answer ``(status, error comment)``; see the module docstring."""
         try:
-            status, outcome, comment = self._store(event)
+            status, outcome, comment = self._store(caller, request)
         except Exception:  # the boundary of the stage: a bug must not take the association down
             log.exception("C-STORE failed unexpectedly")
             status, outcome, comment = Status.PROCESSING_FAILURE, "processing failure", "internal error in the node"
-        self._count(event, outcome)
+        self._count(caller, outcome)
         responses = metrics().cstore_responses
         responses.labels(f"0x{int(status):04X}").inc()
         if outcome == "duplicate":
             metrics().duplicates.inc()
         if status is Status.SUCCESS:
-            return int(status)
+            return int(status), ""
         log.warning("C-STORE refused with %s: %s", f"0x{status:04X} {status.name}", comment)
-        return _failure(status, comment)
+        return int(status), comment[:64]
 
-    def _store(self, event: events.Event) -> tuple[Status, str, str]:
+    def _store(self, caller: Caller, request: StoreRequest) -> tuple[Status, str, str]:
         if not self.guard.ok():
             return Status.OUT_OF_RESOURCES, "disk full", "free disk space is below the node's floor"
-        request = event.request
-        assert isinstance(request, C_STORE) and request.DataSet is not None  # pynetdicom's contract for EVT_C_STORE
-        if str(request.AffectedSOPClassUID).strip() != str(event.context.abstract_syntax).strip():
-            # pynetdicom serves a request by its SOP Class, whatever context it came on (even Verification's):
+        if request.sop_class_uid != request.abstract_syntax:
+            # A request is served by its SOP Class, whatever context it came on (even Verification's):
             # the bytes would be stored under a transfer syntax negotiated for another abstract syntax.
             return (
                 Status.SOP_CLASS_NOT_SUPPORTED,
                 "sop class not supported",
                 "the SOP Class is not the presentation context's abstract syntax",
             )
-        raw = request.DataSet.getvalue()  # the dataset bytes exactly as received: never decoded here
-        meta = event.file_meta
+        syntax = request.transfer_syntax
         try:
-            data = part10_bytes(meta, raw)
-            who = identify(data, str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID))
+            meta = part10_header_for(
+                syntax,
+                request.sop_class_uid,
+                request.sop_instance_uid,
+                PYNETDICOM_IMPLEMENTATION_UID,
+                PYNETDICOM_IMPLEMENTATION_VERSION,
+                None,
+            )
+            who = identify_dataset(request.dataset, syntax, request.sop_class_uid, request.sop_instance_uid)
             relative = self.spool.relative_path(who.study_instance_uid, who.series_instance_uid, who.sop_instance_uid)
         except UnacceptableError as exc:
             return exc.status, exc.status.name.lower().replace("_", " "), exc.reason
@@ -212,7 +211,8 @@ class StoreHandler:
             return Status.CANNOT_UNDERSTAND_INVALID_UID, "invalid UID", str(exc)
         except ValueError as exc:  # file meta cannot be encoded (e.g. a UID too long for its VR)
             return Status.CANNOT_UNDERSTAND, "cannot understand", f"file meta cannot be written: {exc}"
-        key = association_id(event)
+        data = meta + request.dataset
+        key = caller.key
         try:
             # Before the file is written: it also waits while retention is deleting this study
             # (StudyBeingDeletedError, a StoreError, if that takes too long: the sender retries later).
@@ -226,12 +226,12 @@ class StoreHandler:
                 "study_instance_uid": who.study_instance_uid,
                 "series_instance_uid": who.series_instance_uid,
                 "sop_class_uid": who.sop_class_uid,
-                "transfer_syntax_uid": str(meta.TransferSyntaxUID),
+                "transfer_syntax_uid": syntax,
                 "path": relative,
-                "calling_ae": event.assoc.requestor.ae_title.strip(),
+                "calling_ae": caller.calling_ae,
                 "association_id": key,
-                "called_ae": event.assoc.acceptor.ae_title.strip(),
-                "source_address": str(event.assoc.requestor.address),
+                "called_ae": caller.called_ae,
+                "source_address": caller.address,
             }
             now = self.index.now()
             if journal is not None and not stored_already:
@@ -263,7 +263,7 @@ class StoreHandler:
         except StoreError as exc:
             return Status.OUT_OF_RESOURCES, "out of resources", str(exc)
         if self.on_stored is not None:
-            self.on_stored(who, relative, str(meta.TransferSyntaxUID))
+            self.on_stored(who, relative, syntax)
         counters = metrics()
         counters.instances_received.inc()
         counters.received_bytes.inc(len(data))

@@ -328,7 +328,7 @@ class Node:
         deadline = time.monotonic() + timeout
         empty_since: float | None = None
         while time.monotonic() < deadline:
-            if self.receiver.ae.active_associations:
+            if self.receiver.connections():
                 empty_since = None
             elif empty_since is None:
                 empty_since = time.monotonic()
@@ -369,7 +369,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
 
 def after_case(node: Node) -> None:
     """The invariants every case ends with."""
-    assert node.settled(), f"connections still open: {node.receiver.ae.active_associations}"
+    assert node.settled(), f"connections still open: {node.receiver.connections()}"
     assert node.serves(), "a well-behaved peer is no longer served"
     assert node.settled()
     node.assert_spool_clean()

@@ -191,8 +191,7 @@ def mutual_node(tmp_path: Path, pki: Pki) -> Iterator[TLSNode]:
 def test_echo_and_store_over_tls_with_nodelay(tls_node: TLSNode, pki: Pki) -> None:
     assoc = tls_node.associate(pki.client_context())
     assert assoc.is_established
-    server_side = next(a for a in tls_node.receiver.ae.active_associations if a.is_acceptor)
-    sock = server_side.dul.socket.socket
+    sock = next(c.sock for c in tls_node.receiver.connections() if c.established)
     assert isinstance(sock, ssl.SSLSocket) and sock.version() in ("TLSv1.2", "TLSv1.3")
     assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0  # set before wrapping: still on
     assert int(assoc.send_c_echo().Status) == Status.SUCCESS
@@ -229,11 +228,11 @@ def test_a_silent_connection_does_not_hold_up_other_clients(tls_node: TLSNode, p
 
 
 def test_stop_ends_handshakes_in_progress(tmp_path: Path, pki: Pki, caplog: pytest.LogCaptureFixture) -> None:
-    """socketserver joins the connection threads on close: a silent client must not delay the stop by its timeout."""
+    """The stop joins the connection threads: a silent client must not delay it by its handshake timeout."""
     caplog.set_level(logging.DEBUG, logger=SERVER_LOG)
     node = TLSNode(tmp_path, pki.listener_toml())
     with socket.create_connection((HOST, node.port)):
-        wait_for(lambda: node.receiver._server is not None and node.receiver._server._handshaking, what="a handshake")
+        wait_for(lambda: node.receiver.connections(), what="a handshake")
         started = time.monotonic()
         node.close()
         assert time.monotonic() - started < 2.0  # the handshake timeout (limits.acse_timeout_s) is 5 s
