@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import select
 import socket
 import ssl
 import struct
@@ -240,6 +241,41 @@ class Requestor:
             self.abort()
             return False
         self.close()
+        return False
+
+    def usable(self) -> bool:
+        """Whether an idle association can carry another request: open, and nothing arrived since the last
+        answer. Never blocks for long, never raises.
+
+        A peer may end an idle association (its own idle timeout): an A-RELEASE-RQ is answered with an
+        A-RELEASE-RP, an A-ABORT or a closed connection just closes it, anything else is aborted. Catching
+        this here means the next batch opens a new association instead of losing its first C-STORE.
+        """
+        if not self.is_open:
+            return False
+        try:
+            readable, _, _ = select.select([self.sock], [], [], 0)
+        except (OSError, ValueError):
+            self.close()
+            return False
+        if not readable and not (isinstance(self.sock, ssl.SSLSocket) and self.sock.pending()):
+            return True
+        try:
+            self.sock.settimeout(_ABORT_WAIT_S)
+            kind, _ = ul.read_pdu(self._reader, self.settings.max_pdu)  # type: ignore[arg-type]
+            if kind == ul.RELEASE_RQ:
+                self.sock.sendall(ul.RELEASE_RP_PDU)
+                log.debug("the idle association with %s was released by the peer", self.where)
+                self.close()
+                return False
+        except (OSError, ul.ProtocolError, ul.PeerClosedError):
+            self.close()
+            return False
+        if kind == ul.ABORT:
+            self.close()
+        else:
+            log.debug("the idle association with %s got an unexpected %s", self.where, ul.PDU_NAMES.get(kind, kind))
+            self.abort()
         return False
 
     def abort(self) -> None:

@@ -1,4 +1,4 @@
-"""C-STORE and C-ECHO SCU: one association per batch of files, one outcome per file, no exceptions for the network.
+"""C-STORE and C-ECHO SCU: batches of files over an association, one outcome per file, no exceptions for the network.
 
 :func:`store_files` sends Part-10 files to a :class:`~node.send.destination.Destination`:
 
@@ -30,8 +30,11 @@ job state (the table in :mod:`~node.send.outcomes`). :func:`echo` sends one C-EC
 with these (:class:`ScuSettings`, :class:`FileOutcome`, :class:`Verdict`, :func:`classify`, ...) are
 re-exported here.
 
-Logs: one INFO line per association (destination, instances, outcome counts, how many were transcoded
-(not sent as stored), seconds); UIDs only at DEBUG; never patient data.
+An association may carry several batches (calls) when the caller passes a
+:class:`~node.send.keepalive.HeldAssociation` (the sender threads do); Message IDs go on across them.
+
+Logs: one INFO line per association, at its release (destination, instances, outcome counts, how many
+were transcoded (not sent as stored), seconds, batches); UIDs only at DEBUG; never patient data.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ from node.send.association import ScuSettings
 from node.send.contexts import MAX_CONTEXTS, UNCOMPRESSED_LE, Item, groups, inspect, presentation_contexts
 from node.send.deidentify import DeidentifyError, deidentified
 from node.send.destination import Destination
+from node.send.keepalive import HeldAssociation
 from node.send.outcomes import EchoResult, FileOutcome, Verdict, advice, classify
 from node.send.requestor import Requestor, request_association
 from node.send.transcode import TranscodeError, can_decode, decode_to
@@ -215,13 +219,14 @@ def _store_one(
 
 
 def _send_group(
-    destination: Destination,
-    settings: ScuSettings,
+    held: HeldAssociation,
     group: list[Item],
     report: Callable[[FileOutcome], None],
     stop: threading.Event | None,
 ) -> None:
-    """Send one group over as few associations as stalls allow; report every file once."""
+    """Send one group over the held association (or new ones, as :mod:`~node.send.keepalive` decides and
+    as stalls require); report every file once."""
+    destination, settings = held.destination, held.settings
     pending = list(group)
     contexts = presentation_contexts((item.sop_class, item.transfer_syntax) for item in group)
     opened = 0
@@ -236,8 +241,7 @@ def _send_group(
             settle_all(Verdict.CANCELLED, "not sent: the sender is stopping")
             return
         started = time.monotonic()
-        opening = request_association(destination, contexts, settings)
-        opened += 1
+        opening, reused = held.obtain(contexts)
         requestor = opening.requestor
         if requestor is None:
             log.info(
@@ -257,7 +261,7 @@ def _send_group(
         tally: Counter[str] = Counter()
         tried = len(pending)
         lost = ""
-        msg_id = 0
+        msg_id = held.last_message_id
         try:
             while pending and not (stop is not None and stop.is_set()):
                 msg_id = msg_id % _MAX_MESSAGE_ID + 1
@@ -268,20 +272,21 @@ def _send_group(
                     report(result)
                 if lost:
                     break
-        finally:
-            requestor.release()  # nothing when it was lost or aborted
-        failed = counts[Verdict.RETRY] + counts[Verdict.PARK]
-        log.info(
-            "C-STORE to %s: %d instances, %d sent, %d failed, %d not sent, %d transcoded in %.2f s%s",
-            destination,
-            tried,
-            counts[Verdict.SENT],
-            failed,
-            len(pending),
-            tally["transcoded"],
-            time.monotonic() - started,
-            f" ({lost})" if lost else "",
+        except BaseException:  # a bug or a failing callback: the association's state is unknown, end it
+            requestor.abort()
+            held.record(Counter(tried=tried), time.monotonic() - started, "an error in the sender")
+            raise
+        held.last_message_id = msg_id
+        # A held association the peer dropped while it was idle, found out before any answer, is not a
+        # stall of this batch: it does not use up one of its new associations.
+        opened += 0 if reused and lost and len(pending) == tried else 1
+        tally.update(
+            tried=tried,
+            sent=counts[Verdict.SENT],
+            failed=counts[Verdict.RETRY] + counts[Verdict.PARK],
         )
+        tally["not sent"] += len(pending)
+        held.record(tally, time.monotonic() - started, lost)
         if pending and lost and not (stop is not None and stop.is_set()):
             if opened > settings.stall_retries:
                 settle_all(Verdict.RETRY, f"not sent to {destination}: {lost}, {opened} associations in a row")
@@ -301,6 +306,7 @@ def store_files(
     *,
     on_result: Callable[[FileOutcome], None] | None = None,
     stop: threading.Event | None = None,
+    held: HeldAssociation | None = None,
 ) -> list[FileOutcome]:
     """Send Part-10 files to ``destination`` over one association (more only after stalls).
 
@@ -317,6 +323,10 @@ def store_files(
         waits for it: keep it short). Files that cannot be read are reported first.
     stop
         When set, no further C-STORE starts; the remaining files are ``CANCELLED``.
+    held
+        An association to ``destination`` kept across calls (:mod:`~node.send.keepalive`): used when it
+        can carry these files, and left open for the next call; the caller releases it. Without it, the
+        association is opened here and released before returning.
 
     Returns
     -------
@@ -337,8 +347,16 @@ def store_files(
             report(inspected)
         else:
             items.append(inspected)
-    for group in groups(items):
-        _send_group(destination, settings, group, report, stop)
+    if held is not None and held.destination != destination:
+        raise ValueError(f"the held association is to {held.destination}, not to {destination}")
+    own = held is None
+    association = HeldAssociation(destination, settings) if held is None else held
+    try:
+        for group in groups(items):
+            _send_group(association, group, report, stop)
+    finally:
+        if own:
+            association.release()
     missing = [i for i, outcome in enumerate(outcomes) if outcome is None]
     if missing:  # a bug: every file must be reported exactly once
         raise AssertionError(f"no outcome for files at {missing}")

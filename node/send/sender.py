@@ -3,8 +3,9 @@
 Per peer that can receive (host and port), ``sender.associations_per_peer`` threads each loop until
 ``stop`` is set::
 
-    claim up to `batch` ready jobs of kind send:<peer>   (nothing: wait `poll_s`, or until stop)
-    send their files over one association                (node.send.scu.store_files)
+    claim up to `batch` ready jobs of kind send:<peer>   (nothing: wait, see below, or until stop)
+    send their files over the thread's association       (node.send.scu.store_files; kept open for the
+                                                          next batch, node.send.keepalive)
     settle each job as its answer arrives:
         SENT       complete                              (only on the peer's success or warning status)
         RETRY      fail(retry=True)                      (backoff from the job store, then claimable again)
@@ -14,6 +15,15 @@ Per peer that can receive (host and port), ``sender.associations_per_peer`` thre
 A job is settled the moment its file's answer arrives, so a crash loses at most the answers of the
 C-STORE in flight (those jobs come back when their lease expires: the peer may receive an instance twice,
 never zero times). Taking back expired leases (``requeue_expired``) is the application's job.
+
+Waiting for work: the router queues send jobs in the serve process, the sender runs in its own, and the
+job store is the only channel between them, so the sender polls. An idle thread looks every ``poll_s``
+(:data:`POLL_S`); while its association is open and its last batch ended within :data:`BUSY_S`, every
+:data:`BUSY_POLL_S` instead (a study is arriving: the next forwards come within tens of ms, and an empty
+claim is one short SQLite transaction). The association is released after
+:data:`~node.send.keepalive.IDLE_RELEASE_S` without a batch, when the thread stops, or when a batch needs
+contexts it did not negotiate. A kill -9 between batches leaves no job claimed: only the connection is
+cut, which the peer treats as an abort.
 
 Leases and heartbeats: a claimed job's lease is :func:`lease_seconds`. The longest time between two
 answers of one batch is a stalled C-STORE (DIMSE timeout), a new connection and negotiation (ACSE timeout
@@ -38,15 +48,28 @@ from node.config import Sender as SenderSection
 from node.jobs import Job, JobError, JobState, JobStore, LeaseLostError, delay
 from node.jobs.sends import send_kind
 from node.metrics import metrics
+from node.send import keepalive
 from node.send.destination import Destination
+from node.send.keepalive import HeldAssociation
 from node.send.scu import FileOutcome, ScuSettings, Verdict, store_files
 
-__all__ = ["BATCH", "POLL_S", "Sender", "lease_seconds", "max_attempts_for", "sender_job_store"]
+__all__ = [
+    "BATCH",
+    "BUSY_POLL_S",
+    "BUSY_S",
+    "POLL_S",
+    "Sender",
+    "lease_seconds",
+    "max_attempts_for",
+    "sender_job_store",
+]
 
 log = logging.getLogger(__name__)
 
 BATCH = 50  # jobs per association: enough to amortise the negotiation, small enough to share the peer
 POLL_S = 0.2  # seconds between looks at an empty queue
+BUSY_POLL_S = 0.02  # ... while the association is open and a batch ended within BUSY_S: forwards keep coming
+BUSY_S = 1.0
 
 
 def lease_seconds(limits: Limits) -> float:
@@ -150,6 +173,7 @@ class Sender:
         self._clock = clock
         self._data_dir = config.node.data_dir.resolve()
         self._threads: list[threading.Thread] = []
+        self._held: dict[tuple[str, int], HeldAssociation] = {}
         self.audit = audit
 
     @property
@@ -182,19 +206,53 @@ class Sender:
         """Lease owner name of thread ``n`` of ``peer``."""
         return f"sender-{os.getpid()}-{peer.name}-{n}"
 
+    def held(self, peer: Peer, n: int = 0) -> HeldAssociation:
+        """The association thread ``n`` of ``peer`` keeps between batches."""
+        key = (peer.name, n)
+        if key not in self._held:
+            self._held[key] = HeldAssociation(Destination.from_peer(peer), self.settings)
+        return self._held[key]
+
     def _loop(self, peer: Peer, n: int) -> None:
         logs.peer_ae.set(peer.ae_title)
-        while not self.stop.is_set():
-            try:
-                handled = self.run_once(peer, n)
-            except Exception:  # the loop boundary: log, keep running (run_once has settled its jobs)
-                log.exception("sender %s: unexpected error", self.owner(peer, n))
-                handled = 0
-            if not handled:
-                self.stop.wait(self.poll_s)
+        held = self.held(peer, n)
+        try:
+            while not self.stop.is_set():
+                try:
+                    handled = self.run_once(peer, n, keep_open=True)
+                except Exception:  # the loop boundary: log, keep running (run_once has settled its jobs)
+                    log.exception("sender %s: unexpected error", self.owner(peer, n))
+                    handled = 0
+                if not handled:
+                    self.stop.wait(self._pause(held))
+        finally:
+            held.release("the sender is stopping" if self.stop.is_set() else "")
 
-    def run_once(self, peer: Peer, n: int = 0) -> int:
-        """Claim up to ``batch`` ready jobs of ``peer``, send them, settle them; returns how many were claimed."""
+    def _pause(self, held: HeldAssociation) -> float:
+        """Seconds to wait before the next look at an empty queue; releases an association idle too long."""
+        idle = held.idle_for()
+        if not held.is_open:
+            return self.poll_s
+        limit = keepalive.IDLE_RELEASE_S  # read at each look: tests shorten it
+        if idle >= limit:
+            held.release(f"idle for {limit:g} s")
+            return self.poll_s
+        pause = min(self.poll_s, BUSY_POLL_S) if idle < BUSY_S else self.poll_s
+        return max(0.001, min(pause, limit - idle))
+
+    def run_once(self, peer: Peer, n: int = 0, *, keep_open: bool = False) -> int:
+        """Claim up to ``batch`` ready jobs of ``peer``, send them, settle them; returns how many were claimed.
+
+        With ``keep_open`` the association stays open for the next call (:meth:`held`; the caller
+        releases it), else it is released before returning.
+        """
+        try:
+            return self._run_once(peer, n)
+        finally:
+            if not keep_open:
+                self.held(peer, n).release()
+
+    def _run_once(self, peer: Peer, n: int) -> int:
         owner = self.owner(peer, n)
         claimed: list[Job] = []
         kind = send_kind(peer.name)
@@ -213,7 +271,7 @@ class Sender:
             return 0
         batch = _Batch(owner, claimed, unsettled={job.id: job for job in claimed}, heartbeat_at=self._clock())
         try:
-            self._send(peer, batch)
+            self._send(peer, n, batch)
         except Exception as exc:  # the loop boundary: the claimed jobs must not stay running until their lease ends
             log.exception("sender %s: unexpected error; %d jobs queued for retry", owner, len(batch.unsettled))
             for job in list(batch.unsettled.values()):
@@ -230,7 +288,7 @@ class Sender:
             return f"send job {job.id}: path '{rel}' is outside the data folder {self._data_dir}"
         return path
 
-    def _send(self, peer: Peer, batch: _Batch) -> None:
+    def _send(self, peer: Peer, n: int, batch: _Batch) -> None:
         for job in batch.jobs:
             path = self._file(job)
             if isinstance(path, str):
@@ -246,8 +304,9 @@ class Sender:
             self._settle(batch, job, outcome.verdict, outcome.reason)
             self._heartbeat(batch)
 
+        held = self.held(peer, n)
         outcomes = store_files(
-            Destination.from_peer(peer), batch.files, self.settings, on_result=on_result, stop=self.stop
+            held.destination, batch.files, self.settings, on_result=on_result, stop=self.stop, held=held
         )
         if self.audit is not None:
             sent = [batch.file_jobs[o.index] for o in outcomes if o.sent]
