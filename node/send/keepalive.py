@@ -70,6 +70,7 @@ class HeldAssociation:
         self.opened = 0  # associations established so far (tests and the log read it)
         self.used_at = 0.0  # when the last batch ended
         self.last_message_id = 0  # Message IDs go on across the batches of one association
+        self.opening_since: float | None = None  # while a new association is being requested (see waiting_for)
         self._proposed: frozenset[tuple[str, str]] = frozenset()
         self._totals: Counter[str] = Counter()
         self._busy_s = 0.0
@@ -79,6 +80,11 @@ class HeldAssociation:
     def is_open(self) -> bool:
         """Whether an association is held (it may still turn out lost at its next use)."""
         return self.requestor is not None and self.requestor.is_open
+
+    def waiting_for(self) -> float:
+        """Seconds this one has been waiting for a new association to be accepted; 0 when it is not."""
+        since = self.opening_since
+        return 0.0 if since is None else self._clock() - since
 
     def idle_for(self) -> float:
         """Seconds since the last batch ended; 0 when nothing is held."""
@@ -103,7 +109,11 @@ class HeldAssociation:
             assert self.requestor is not None
             return Opened(self.requestor), True
         self.release()
-        opening = request_association(self.destination, contexts, self.settings)
+        self.opening_since = self._clock()
+        try:
+            opening = request_association(self.destination, contexts, self.settings)
+        finally:
+            self.opening_since = None
         if opening.requestor is not None:
             self.requestor = opening.requestor
             self._proposed = _pairs(contexts)

@@ -70,6 +70,10 @@ BATCH = 50  # jobs per association: enough to amortise the negotiation, small en
 POLL_S = 0.2  # seconds between looks at an empty queue
 BUSY_POLL_S = 0.02  # ... while the association is open and a batch ended within BUSY_S: forwards keep coming
 BUSY_S = 1.0
+# A sibling thread waiting this long for its association to be accepted is taken as a peer that serves one
+# association at a time (DCMTK storescp without --fork): holders then release theirs after each batch, so
+# the batch it has claimed is not held up until they go idle. Opening one takes a few ms elsewhere.
+YIELD_AFTER_S = 0.05
 
 
 def lease_seconds(limits: Limits) -> float:
@@ -223,10 +227,20 @@ class Sender:
                 except Exception:  # the loop boundary: log, keep running (run_once has settled its jobs)
                     log.exception("sender %s: unexpected error", self.owner(peer, n))
                     handled = 0
+                if held.is_open and self._sibling_waits(peer, n):
+                    held.release("another thread for this peer waits for an association")
                 if not handled:
                     self.stop.wait(self._pause(held))
         finally:
             held.release("the sender is stopping" if self.stop.is_set() else "")
+
+    def _sibling_waits(self, peer: Peer, n: int) -> bool:
+        """Whether another thread of ``peer`` has waited :data:`YIELD_AFTER_S` or more for an association."""
+        return any(
+            held.waiting_for() >= YIELD_AFTER_S
+            for (name, m), held in list(self._held.items())
+            if name == peer.name and m != n
+        )
 
     def _pause(self, held: HeldAssociation) -> float:
         """Seconds to wait before the next look at an empty queue; releases an association idle too long."""

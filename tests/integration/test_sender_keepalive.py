@@ -259,3 +259,26 @@ def test_a_batch_needing_other_contexts_gets_a_new_association(tmp_path: Path, s
         wait_until(lambda: scp.count("Association Release") == 2, what="both releases")
         assert scp.count("Association Acknowledged") == 2
     assert len(scp.files()) == len(first) + 1
+
+
+def test_a_held_association_yields_to_a_sibling_thread_when_the_peer_serves_one_at_a_time(
+    tmp_path: Path, scp: StoreSCP, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # storescp (no --fork) serves one association at a time: a second thread's request waits until the
+    # first releases. Without yielding, its claimed jobs would wait for the (here 30 s) idle release.
+    monkeypatch.setattr(keepalive, "IDLE_RELEASE_S", 30.0)
+    config = node_config(tmp_path, scp.port, per_peer=2)
+    stop = threading.Event()
+    with sender_job_store(config, clock=Clock()) as jobs:
+        sender = Sender(config, jobs, stop, batch=2, poll_s=0.05)
+        queued: list[tuple[int, str]] = []
+        sender.start()
+        try:
+            for _ in range(4):
+                queued += queue_cts(config, jobs, 2)
+                time.sleep(0.05)
+            wait_until(lambda: all_done(jobs, [i for i, _ in queued]), timeout=8, what="every send")
+        finally:
+            stop.set()
+            assert sender.join(5)
+    assert scp.files() == expected_files(queued)
