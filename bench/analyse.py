@@ -49,7 +49,7 @@ def child(series_dir: Path, out_dir: Path, repeat: int, threads: int) -> dict[st
     started = time.perf_counter()
     model = Model(card, threads=threads)
     model_load = time.perf_counter() - started
-    # What a worker does once at start (node.app.run_worker): the runs below are its steady state.
+    # What a worker does once at start (node.children.run_worker): the runs below are its steady state.
     warm_up_s = warm_up([model])
     tune_process()
     voxels = VoxelBuffer()  # as the worker keeps one (node.analyse.buffer)

@@ -2,13 +2,15 @@
 
     .venv/bin/python bench/soak.py [--cycles 100] [--seed S] [--slices 12] [--size 128] [--json FILE] [--keep DIR]
 
-One ``pacs-node serve`` (analysis worker: lung-nodule-ct, one thread; sender; an instance-level rule that
-forwards every CT to the PACS; a series rule that analyses it and sends SEG + SR to the PACS) and one
-Orthanc as the PACS. Each cycle sends a new phantom CT series (``--slices`` x ``--size``^2) from a
-pynetdicom SCU and ``kill -9``s one process at one point, the six kinds in turn in a seeded random order:
-serve at receive, serve at spool-to-index (inotify on the spool's temp folder), worker and serve during an
-analysis, sender and serve during sends (forwards or results). After each kill of serve the node is
-restarted and the SCU sends again what got no success status. tests/faults.py has the details.
+One ``pacs-node serve`` (two receiver processes; analysis worker: lung-nodule-ct, one thread; sender; an
+instance-level rule that forwards every CT to the PACS; a series rule that analyses it and sends SEG + SR
+to the PACS) and one Orthanc as the PACS. Each cycle sends a new phantom CT series (``--slices`` x
+``--size``^2) from two pynetdicom SCUs at once (half each) and ``kill -9``s one process at one point, the
+kinds of tests/faults.py's KINDS in turn in a seeded random order: serve at receive, a receiver child at
+receive, serve at spool-to-index (inotify on the spool's temp folder), serve at a journal write, at a
+checkpoint and during the replay, worker and serve during an analysis, sender (its association held open
+between batches) and serve during sends (forwards or results). After each kill of serve the node is
+restarted and the SCUs send again what got no success status. tests/faults.py has the details.
 
 Checked after every cycle: every instance that got a success status is indexed and its spool file parses
 with that SOP Instance UID; ``spool/.tmp`` is empty after each start-up. At the end, after the node has

@@ -3,7 +3,9 @@
 ``pacs-node serve`` (one process)::
 
     Receiver (own PS3.8 acceptor, node/dicom/ul.py; a thread per association)
-        └─ StoreHandler ──▶ Spool (fsync + rename) + Index (SQLite WAL)           DESIGN §4.1
+        └─ StoreHandler ──▶ Journal (one group-committed sync) + Spool + Index    DESIGN §4.1
+    ChildProcesses: [receive] processes - 1 × ``pacs-node receiver`` on the same port (SO_REUSEPORT),
+        each the same receive path with its own journal (node.receive.processes)
     CompletionTimer (thread) ──▶ Router.study_complete ──▶ JobStore: "analyse" jobs
     ChildProcesses: N × ``pacs-node worker`` ──▶ results in outbox/ + "send:<peer>" jobs
     ChildProcesses: 1 × ``pacs-node sender`` (threads per peer) ──▶ C-STORE to the peers, retried with
@@ -39,8 +41,10 @@ from node.jobs import JobStore
 from node.jobs.kinds import NOTIFY_KIND_PREFIX
 from node.jobs.sends import SEND_KIND_PREFIX
 from node.metrics import prepare as prepare_metrics
-from node.processes import ChildProcesses, owner_gone, owner_pid, stop_on_signals, watch_parent
+from node.processes import ChildProcesses, owner_gone, owner_pid
 from node.receive import Receiver, StoreHandler
+from node.receive.processes import PORT_ENV, RouterBell, replay_orphans, settle_journals, slots_path
+from node.receive.slots import SharedSlots
 from node.routing import Router
 from node.routing.log import RoutingLog
 from node.store import DiskGuard, Index, Spool, free_mb
@@ -51,7 +55,7 @@ from node.store.retention import Retention
 from node.web import ONE_TIME_ENV
 
 if TYPE_CHECKING:
-    from node.analyse.runtime import Model
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +98,8 @@ class NodeService:
         # Instances acknowledged before a crash whose file or row was not yet synced: written again.
         journal_dir = node.data_dir / JOURNAL_DIR
         replay(journal_dir, self.spool, self.index)
+        replay_orphans(config, self.spool, self.index)  # other receiver processes' journals (none runs yet)
+        self.index.forget_associations()  # rows of a previous run's associations: none is open now
         self.journal = Journal(journal_dir)
         self.checkpointer = Checkpointer(self.journal, tuple({node.spool_dir, node.index_path.parent}))
         self.jobs = analysis_job_store(config)
@@ -114,7 +120,13 @@ class NodeService:
             on_stored=lambda *_: self.router.wake.set(),  # the router thread reads the new row; nothing else here
             journal=self.journal,
         )
-        self.receiver = Receiver(config, self.handler, self.audit)
+        shared = config.receive.processes > 1
+        slots = None
+        if shared:
+            slots_path(config).unlink(missing_ok=True)
+            slots = SharedSlots(slots_path(config))
+        self.receiver = Receiver(config, self.handler, self.audit, reuse_port=shared, slots=slots)
+        self.bell = RouterBell(config)  # the other receivers' new rows wake the router
         self.timer = CompletionTimer(self.index, config.completion, self.router.study_complete)
         self.retention = Retention(
             config,
@@ -123,7 +135,7 @@ class NodeService:
             audit=self.audit,
             routed_up_to=self.routing_log.cursor,
             forget=self.router.forget,
-            checkpoint=self.checkpointer.checkpoint,
+            checkpoint=self._checkpoint_all,
         )
 
         def command(name: str) -> list[str]:
@@ -142,6 +154,13 @@ class NodeService:
 
         self.workers = ChildProcesses("worker", command("worker"), config.workers.count, on_exit=self._take_back)
         self.sender = ChildProcesses("sender", command("sender"), 1, on_exit=self._take_back)
+        self.receivers = ChildProcesses(
+            "receiver",
+            command("receiver"),
+            config.receive.processes - 1,
+            restart_delay_s=1.0,
+            on_exit=self._replay_receiver,
+        )
         # The web console (node.web); with no user configured, a one-time login token (printed at start).
         self.login_token = secrets.token_urlsafe(24) if config.web.enabled and not config.web.users else None
         web_env = {ONE_TIME_ENV: self.login_token} if self.login_token else None
@@ -165,6 +184,21 @@ class NodeService:
         except NodeError as exc:
             log.warning("cannot take back the jobs of pid %d (their leases will expire): %s", pid, exc)
 
+    def _replay_receiver(self, pid: int) -> None:
+        """A receiver process died: what it acknowledged and had not checkpointed is written again now."""
+        try:
+            count = replay_orphans(self.config, self.spool, self.index, [pid])
+        except (NodeError, OSError) as exc:
+            log.error("cannot replay the journal of receiver pid %d (replayed at the next start): %s", pid, exc)
+            return
+        log.warning("receiver pid %d exited; %d journalled instances written again", pid, count)
+
+    def _checkpoint_all(self) -> bool:
+        """Retention's checkpoint: this process's journal, then every receiver process's (``False``: not yet)."""
+        since = time.time()
+        self.checkpointer.checkpoint()
+        return settle_journals(self.config, since)
+
     def run(self) -> None:
         """Start every stage, supervise until ``stop``, then drain."""
         expired = self.jobs.requeue_expired() + self.jobs.requeue_owners(owner_gone, self._attempts)
@@ -175,7 +209,10 @@ class NodeService:
         self._recover_deletions()
         self._router_thread.start()
         self.checkpointer.start()
+        self.bell.listen(self.router.wake, self._router_stop)
         self.receiver.start()
+        self.receivers.env = {PORT_ENV: str(self.receiver.port)}
+        self.receivers.start()
         self._record(
             "application-start",
             listening=f"{self.config.node.bind}:{self.receiver.port}",
@@ -193,6 +230,7 @@ class NodeService:
         log.info("node ready: %s on %s:%d", self.config.node.ae_title, self.config.node.bind, self.receiver.port)
         last_maintenance = 0.0
         while not self.stop.wait(0.5):
+            self.receivers.supervise()
             self.workers.supervise()
             self.sender.supervise()
             self.web.supervise()
@@ -252,7 +290,7 @@ class NodeService:
             "started": self.started,
             "updated": time.time(),
             "listening": f"{self.config.node.bind}:{self.receiver.port}",
-            "associations": self.receiver.active_associations(),
+            "associations": self.receiver.slots.count(),
             "workers_alive": self.workers.alive(),
             "sender_alive": self.sender.alive(),
             "web_alive": self.web.alive(),
@@ -276,8 +314,10 @@ class NodeService:
             started = time.monotonic()
 
         self.retention.stop(timeout=0)  # no new pass, nor a new study once the one in hand is deleted
+        self.receivers.terminate()  # they stop listening and drain at the same time as this one
         self.receiver.stop_listening()
         aborted = self.receiver.drain(deadline)
+        self.receivers.stop(deadline)
         step("associations")
         self._router_stop.set()
         self.router.wake.set()
@@ -292,84 +332,10 @@ class NodeService:
         step("sender")
         self.receiver.stop()
         self.checkpointer.stop()  # every handler has returned: the journal ends empty
+        self.bell.close()
         (self.config.node.data_dir / STATUS_FILE).unlink(missing_ok=True)
         self.jobs.close()
         self.index.close()
         self.routing_log.close()
         self._record("application-stop", aborted_associations=aborted)
         log.info("node stopped (%s; %d associations aborted at the deadline)", ", ".join(steps), aborted)
-
-
-# The worker's imports (ONNX Runtime, OpenCV, highdicom) load inside these functions: the serve process
-# never runs a model, and importing them would cost it about 70 MB of resident memory.
-
-
-def load_models(config: NodeConfig) -> dict[str, Model]:
-    """Load (and checksum) every model the rules use, with ``workers.threads`` threads each."""
-    from node.analyse.card import find_card
-    from node.analyse.runtime import Model
-
-    models: dict[str, Model] = {}
-    for name in config.models_in_use():
-        card = find_card(name, config.analysis.models_dir)
-        models[name] = Model(card, threads=config.workers.threads)
-    return models
-
-
-def run_sender(config: NodeConfig, parent: int | None = None) -> None:
-    """``pacs-node sender``: the sender and notifier threads until SIGTERM (claimed sends not started are
-    released)."""
-    from node.notify import Notifier
-    from node.send import Sender, sender_job_store
-
-    prepare_data_dir(config)
-    stop = threading.Event()
-    stop_on_signals(stop)
-    watch_parent(stop, parent)
-    jobs = sender_job_store(config)
-    try:
-        audit = AuditTrail(audit_path(config.node.data_dir), config.node.ae_title)
-        sender = Sender(config, jobs, stop, audit=audit)
-        notifier = Notifier(config, jobs, stop, audit=audit)  # [[notify]]: same process, same retry settings
-        sender.start()
-        notifier.start()
-        stop.wait()
-        sender.join(config.limits.drain_timeout_s)
-        notifier.join(config.limits.drain_timeout_s)
-    finally:
-        jobs.close()
-
-
-def run_web(config: NodeConfig, parent: int | None = None) -> None:
-    """``pacs-node web``: the web console until SIGTERM (or until serve, its parent, dies)."""
-    from node.web.server import run_web as serve_web
-
-    prepare_data_dir(config)
-    stop = threading.Event()
-    watch_parent(stop, parent)
-    serve_web(config, stop)
-
-
-def run_worker(config: NodeConfig, parent: int | None = None) -> None:
-    """``pacs-node worker``: one analysis worker until SIGTERM (its job is released) or SIGINT."""
-    from node.worker import Worker
-
-    prepare_data_dir(config)
-    stop = threading.Event()
-    stop_on_signals(stop)
-    watch_parent(stop, parent)
-    models = load_models(config)
-    if models:
-        from node.worker.warm import tune_process, warm_up
-
-        log.info("worker warmed up in %.1f s", warm_up(models.values()))
-        tune_process()
-    jobs = analysis_job_store(config)
-    index = Index(config.node.index_path)
-    try:
-        jobs.requeue_expired()
-        audit = AuditTrail(audit_path(config.node.data_dir), config.node.ae_title)
-        Worker(config, jobs, index, models, stop, audit=audit).run()
-    finally:
-        jobs.close()
-        index.close()

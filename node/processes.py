@@ -88,6 +88,7 @@ class ChildProcesses:
         self.restart_delay_s = restart_delay_s
         self._procs: list[subprocess.Popen[bytes] | None] = [None] * count
         self._died_at: list[float] = [0.0] * count
+        self._terminated: set[int] = set()
 
     def start(self) -> None:
         for slot in range(self.count):
@@ -109,7 +110,7 @@ class ChildProcesses:
                 if self.on_exit is not None:
                     self.on_exit(proc.pid)
                 log.warning(
-                    "worker %d (pid %d) exited with code %s; restarting it", slot + 1, proc.pid, proc.returncode
+                    "%s %d (pid %d) exited with code %s; restarting it", self.name, slot + 1, proc.pid, proc.returncode
                 )
             if now - self._died_at[slot] >= self.restart_delay_s:
                 self._died_at[slot] = 0.0
@@ -118,18 +119,26 @@ class ChildProcesses:
     def alive(self) -> int:
         return sum(1 for p in self._procs if p is not None and p.poll() is None)
 
+    def terminate(self) -> None:
+        """SIGTERM every process without waiting (:meth:`stop` then waits for them)."""
+        for proc in self._procs:
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                self._terminated.add(proc.pid)
+
     def stop(self, deadline_s: float) -> None:
         """SIGTERM every process (each releases its jobs), SIGKILL what is left after the deadline."""
         procs = [p for p in self._procs if p is not None and p.poll() is None]
         for proc in procs:
-            proc.send_signal(signal.SIGTERM)
+            if proc.pid not in self._terminated:  # a second SIGTERM would make it exit without draining
+                proc.send_signal(signal.SIGTERM)
         end = time.monotonic() + deadline_s
         for proc in procs:
             try:
                 proc.wait(timeout=max(0.1, end - time.monotonic()))
             except subprocess.TimeoutExpired:
                 log.warning(
-                    "worker pid %d did not stop within %.0f s: killed (its lease expires)", proc.pid, deadline_s
+                    "%s pid %d did not stop within %.0f s: killed (its lease expires)", self.name, proc.pid, deadline_s
                 )
                 proc.kill()
                 proc.wait()

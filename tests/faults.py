@@ -2,20 +2,24 @@
 
 Used by ``tests/e2e/test_faults.py`` (a bounded number of cycles in CI) and ``bench/soak.py`` (hundreds).
 
-One :class:`FaultRun` holds one node (one data dir, restarted after every kill of serve) and one Orthanc as
-the PACS. Each cycle sends a new small phantom CT study from a pynetdicom SCU that records which SOP
-Instance UIDs were answered with success, and kills one process at one point (:data:`KINDS`):
+One :class:`FaultRun` holds one node (one data dir, restarted after every kill of serve; two receiver
+processes, ``[receive] processes = 2``) and one Orthanc as the PACS. Each cycle sends a new small phantom
+CT study from two pynetdicom SCUs at once (half the study each, on its own association) that record which
+SOP Instance UIDs were answered with success, and kills one process at one point (:data:`KINDS`; the
+journal points watch every receiver's journal):
 
 =================  ========  ================================================================================
 point              target    when the SIGKILL comes
 =================  ========  ================================================================================
 receive            serve     a random 0-3 ms after the k-th success status (k random): inside a C-STORE
+receive            receiver  idem, the ``pacs-node receiver`` child holding a scanner's association alone;
+                             serve replays its journal and starts a new one
 spool-to-index     serve     as soon as inotify sees the k-th spool temp file created, closed after its fsync,
                              or unlinked after its link into the spool (before the index row is committed)
 journal            serve     a random 0-3 ms after inotify sees the k-th write to the receive journal: after
                              the append and before its sync, or after the sync and before the answer
-checkpoint         serve     as soon as the journal's checkpoint opens a new segment (before its syncfs)
-                             or deletes a covered one (after it)
+checkpoint         serve     as soon as a journal's checkpoint opens a new segment (before its syncfs)
+                             or retires a covered one (after it)
 replay             serve     killed at a journal write as above, then killed again while the restart
                              replays the journal (its first spool write), then restarted
 analysis           worker    a random time into the worker's run of the study's ``analyse`` job
@@ -88,6 +92,7 @@ SCANNER_S = 1.5
 # (point, target) pairs; a run goes through them in a seeded random order, each equally often.
 KINDS: tuple[tuple[str, str], ...] = (
     ("receive", "serve"),
+    ("receive", "receiver"),
     ("spool-to-index", "serve"),
     ("journal", "serve"),
     ("checkpoint", "serve"),
@@ -128,6 +133,41 @@ def role_pids(serve_pid: int, role: str) -> list[int]:
     return [pid for pid in children(serve_pid) if role in cmdline(pid)[:8]]
 
 
+RECEIVERS = 2  # [receive] processes of the node under test
+
+
+def _tcp(port: int, state: str) -> set[str]:
+    """Socket inodes on local ``port`` in TCP ``state`` (``01`` established, ``0A`` listening), from /proc."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == state:
+                    inodes.add(fields[9])
+    return inodes
+
+
+def listening(port: int) -> int:
+    """How many sockets listen on ``port`` (one per receiver process)."""
+    return len(_tcp(port, "0A"))
+
+
+def established_on(pid: int, port: int) -> bool:
+    """Whether ``pid`` holds an established TCP connection on local ``port`` (from /proc)."""
+    inodes = _tcp(port, "01")
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:[") and target[8:-1] in inodes:
+                return True
+    return False
+
+
 def alive(pid: int) -> bool:
     """Whether ``pid`` runs (a zombie, killed but not yet reaped by its parent, is not alive)."""
     try:
@@ -160,6 +200,8 @@ class Inotify:
     """Linux inotify through ctypes (the standard library has none): enough to kill on a file event."""
 
     MODIFY = 0x002
+    MOVED_FROM = 0x040
+    MOVED_TO = 0x080
     CREATE = 0x100
     CLOSE_WRITE = 0x008
     DELETE = 0x200
@@ -404,9 +446,12 @@ def fault_config(
     retry_initial_s: float = 1.0,
     retry_max_s: float = 2.0,
     min_free_disk_mb: int = 0,
+    receivers: int = 2,
 ) -> str:
     """Every CT instance forwarded to the PACS as it arrives; each series analysed, SEG + SR to the PACS."""
     return f"""
+[receive]
+processes = {receivers}
 [limits]
 min_free_disk_mb = {min_free_disk_mb}
 acse_timeout_s = 5
@@ -543,9 +588,17 @@ class FaultRun:
 
     def __enter__(self) -> FaultRun:
         self.pacs.__enter__()
-        self.node = NodeProcess(self.dir / "node", fault_config(self.pacs))
-        self.node.start()
+        self.node = NodeProcess(self.dir / "node", fault_config(self.pacs, receivers=RECEIVERS))
+        self.start_node()
         return self
+
+    def start_node(self) -> None:
+        """Start serve and wait until every receiver process listens (else the scanners all reach serve's)."""
+        assert self.node is not None
+        self.node.start()
+        end = time.monotonic() + 30
+        while listening(self.node.port) < RECEIVERS and time.monotonic() < end:
+            time.sleep(0.05)
 
     def __exit__(self, *exc: object) -> None:
         try:
@@ -583,7 +636,7 @@ class FaultRun:
         """Start serve again on the same data dir; check that start-up emptied ``spool/.tmp``."""
         assert self.node is not None
         self.expire_dead_leases()
-        self.node.start()
+        self.start_node()
         left = temp_files(self.data_dir)
         if left:
             self.problem(f"{len(left)} temp files in spool/.tmp after start-up: {[p.name for p in left]}")
@@ -684,8 +737,20 @@ class FaultRun:
         acks = threading.Semaphore(0)
 
         def scanner() -> None:
+            # Two scanners at once, each with half the study on its own association (several receiver
+            # processes share them out).
             port = self.node.port  # type: ignore[union-attr]
-            statuses.update(send_files(study.files, port, on_status=lambda _, s: acks.release(), timeout=SCANNER_S))
+            halves = [study.files[0::2], study.files[1::2]]
+
+            def send(files: list[Path]) -> None:
+                result = send_files(files, port, on_status=lambda _, s: acks.release(), timeout=SCANNER_S)
+                statuses.update(result)
+
+            threads = [threading.Thread(target=send, args=(h,), name="scanner-half") for h in halves]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
 
         thread = threading.Thread(target=scanner, name="scanner")
         note = ""
@@ -698,8 +763,13 @@ class FaultRun:
                 acks.acquire(timeout=30)
             time.sleep(delay)
             hit = thread.is_alive()
-            self.kill_serve()
             note = f"after {k} successes + {delay * 1000:.1f} ms"
+            if target == "serve":
+                self.kill_serve()
+            else:
+                hit, which = self._kill_receiver()
+                hit = hit and thread.is_alive()
+                note += f" ({which})"
         elif point == "spool-to-index":
             hit, note = self._kill_on_spool_event(study, thread)
         elif point in ("journal", "replay"):
@@ -745,6 +815,24 @@ class FaultRun:
             f"acked {len(self.acked):5d}  {time.monotonic() - began:5.1f} s"
         )
 
+    def _kill_receiver(self) -> tuple[bool, str]:
+        """SIGKILL the receiver child holding one of the scanners' associations (an idle one if both are on
+        serve's own receiver: then not a hit). Serve replays its journal and starts a new one."""
+        assert self.node is not None
+        kids = role_pids(self.serve_pid, "receiver")
+        if not kids:
+            return False, "no receiver child"
+        holding = [pid for pid in kids if established_on(pid, self.node.port)]
+        victim = holding[0] if holding else self.rng.choice(kids)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim, signal.SIGKILL)
+        return bool(holding), "killed the receiver holding a scanner" if holding else "scanners on serve: idle one"
+
+    def _journal_folders(self) -> list[Path]:
+        """serve's journal folder and every receiver child's (``journal/p<pid>``)."""
+        root = self.data_dir / "journal"
+        return [root, *sorted(p for p in root.glob("p*") if p.is_dir())]
+
     def _kill_on_spool_event(self, study: Study, thread: threading.Thread) -> tuple[bool, str]:
         """Kill serve on the k-th create / close-after-fsync / unlink-after-link of a spool temp file."""
         names = {Inotify.CREATE: "temp created", Inotify.CLOSE_WRITE: "temp fsynced", Inotify.DELETE: "linked"}
@@ -779,32 +867,36 @@ class FaultRun:
         """Kill serve a random 0-3 ms after the k-th write to a journal segment (append, then its sync)."""
         k = self.rng.randint(1, len(study.files) - 1)
         delay = self.rng.uniform(0.0, 0.003)
-        fired = self._kill_on_events(self.data_dir / "journal", Inotify.MODIFY, k, thread, delay)
+        fired = self._kill_on_events(self._journal_folders(), Inotify.MODIFY, k, thread, delay)
         return fired, f"journal write #{k} + {delay * 1000:.1f} ms" + ("" if fired else " never seen")
 
     def _kill_on_checkpoint(self, thread: threading.Thread) -> tuple[bool, str]:
-        """Kill serve when a checkpoint opens a new journal segment (before its syncfs) or deletes one (after)."""
-        mask = self.rng.choice([Inotify.CREATE, Inotify.DELETE])
-        fired = self._kill_on_events(self.data_dir / "journal", mask, 1, thread, 0.0)
-        what = "new segment" if mask == Inotify.CREATE else "segment deleted"
+        """Kill serve when a checkpoint opens a new journal segment (before its syncfs: created, or a spare
+        renamed) or retires one (after it: deleted, or renamed to a spare)."""
+        opened = self.rng.random() < 0.5
+        mask = Inotify.CREATE | Inotify.MOVED_TO if opened else Inotify.DELETE | Inotify.MOVED_FROM
+        fired = self._kill_on_events(self._journal_folders(), mask, 1, thread, 0.0)
+        what = "new segment" if opened else "segment retired"
         return fired, f"checkpoint: {what}" + ("" if fired else " never seen")
 
-    def _kill_on_events(self, folder: Path, mask: int, k: int, thread: threading.Thread, delay: float) -> bool:
-        """Start the scanner, kill serve ``delay`` s after the k-th ``mask`` event in ``folder``; reap serve.
+    def _kill_on_events(self, folders: list[Path], mask: int, k: int, thread: threading.Thread, delay: float) -> bool:
+        """Start the scanner, kill serve ``delay`` s after the k-th ``mask`` event on a journal segment
+        (``*.jnl``) in ``folders``; reap serve.
 
         Returns whether the event came (else serve is killed when the scanner is done).
         """
         watcher = Inotify()
         fired = False
         try:
-            watcher.watch(folder, mask)
+            for folder in folders:
+                watcher.watch(folder, mask)
             serve = self.serve_pid
             thread.start()
             seen = 0
             end = time.monotonic() + 30
             while not fired and time.monotonic() < end and (thread.is_alive() or seen < k):
-                for event_mask, _ in watcher.events(0.2):
-                    if event_mask & mask:
+                for event_mask, name in watcher.events(0.2):
+                    if event_mask & mask and name.endswith(".jnl"):
                         seen += 1
                         if seen == k:
                             time.sleep(delay)

@@ -52,6 +52,19 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     s.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)  # set by serve for its children
     s.set_defaults(func=sender)
 
+    r = sub.add_parser(
+        "receiver",
+        help="run one more receiver process on serve's port (serve starts them; you need not)",
+        description="Accept associations on node.port beside serve's own receiver (SO_REUSEPORT), with the same "
+        "policy, limits (counted across every receiver) and durable receive path, its journal in "
+        "journal/p<pid>/ under node.data_dir. serve starts [receive] processes - 1 of them. SIGTERM stops "
+        "listening and gives open associations limits.drain_timeout_s to finish.",
+        epilog="example: pacs-node receiver --config config/node.toml",
+    )
+    r.add_argument("--config", type=Path, required=True, metavar="FILE", help="the node's TOML config file")
+    r.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)  # set by serve for its children
+    r.set_defaults(func=receiver)
+
 
 def _config(args: argparse.Namespace) -> NodeConfig:
     config = load_config(args.config)
@@ -74,15 +87,22 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def receiver(args: argparse.Namespace) -> int:
+    from node.children import run_receiver
+
+    run_receiver(_config(args), args.parent_pid)
+    return 0
+
+
 def sender(args: argparse.Namespace) -> int:
-    from node.app import run_sender
+    from node.children import run_sender
 
     run_sender(_config(args), args.parent_pid)
     return 0
 
 
 def worker(args: argparse.Namespace) -> int:
-    from node.app import run_worker
+    from node.children import run_worker
 
     run_worker(_config(args), args.parent_pid)
     return 0

@@ -41,7 +41,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def web(args: argparse.Namespace) -> int:
-    from node.app import run_web
+    from node.children import run_web
     from node.commands.serve import _config
 
     config = _config(args)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -82,6 +83,17 @@ class Limits(_Section):
     max_pdu: Annotated[int, _check(lambda v: v == 0 or 4096 <= v < 2**32, _PDU)] = 0
     min_free_disk_mb: Annotated[int, _between(0, 2**40)] = 1024
     drain_timeout_s: Seconds = 30.0
+
+
+def default_receivers() -> int:
+    """One receiver process per core, at most 4 (more rarely helps: the disk's syncs are shared)."""
+    return max(1, min(os.cpu_count() or 1, 4))
+
+
+class Receive(_Section):
+    """``[receive]``: how many processes accept associations on ``node.port`` (SO_REUSEPORT)."""
+
+    processes: Annotated[int, _between(1, 64)] = Field(default_factory=default_receivers)
 
 
 class Completion(_Section):

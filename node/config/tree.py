@@ -19,6 +19,7 @@ from node.config.sections import (
     Logging,
     NodeSection,
     Peer,
+    Receive,
     Retention,
     Sender,
     Workers,
@@ -38,6 +39,7 @@ class NodeConfig(_Section):
 
     node: NodeSection
     limits: Limits = Limits()
+    receive: Receive = Field(default_factory=Receive)
     completion: Completion = Completion()
     workers: Workers = Workers()
     peers: Annotated[tuple[Peer, ...], Field(strict=False)] = ()

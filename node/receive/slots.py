@@ -31,6 +31,10 @@ class Slots(Protocol):
         """Association ``key`` ended (a key never taken is ignored)."""
         ...
 
+    def count(self) -> int:
+        """Associations counted in now (every process's, for shared slots)."""
+        ...
+
 
 def _refusal(calling_aes: Iterable[str], calling_ae: str, peer_limit: int | None, node_limit: int) -> str:
     """Why one more association from ``calling_ae`` cannot be counted among those open, or ``""``."""
@@ -59,6 +63,10 @@ class LocalSlots:
     def give_back(self, key: str) -> None:
         with self._lock:
             self._open.pop(key, None)
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self._open)
 
 
 class SharedSlots:
@@ -93,6 +101,10 @@ class SharedSlots:
         me = os.getpid()
         with self._entries() as entries:
             entries[:] = [entry for entry in entries if (entry[0], entry[1]) != (me, key)]
+
+    def count(self) -> int:
+        with self._entries() as entries:
+            return sum(1 for entry in entries if pid_alive(entry[0]))
 
     @contextmanager
     def _entries(self) -> Iterator[list[tuple[int, str, str]]]:

@@ -349,8 +349,11 @@ class Journal:
         return len(done)
 
     def close(self) -> None:
+        """Close the current segment; one that holds no record is retired (a clean stop leaves no segment)."""
         with self._lock:
             if self._fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(self._fd)
                 self._fd = -1
+                if self._offset == 0:
+                    self._retire(self._path)

@@ -144,7 +144,8 @@ class Retention:
     ) -> None:
         self.settings = config.retention
         # The receive journal's checkpoint: a marked study's journalled instances must leave the journal
-        # before its files and rows do, or a replay after a crash would bring them back.
+        # before its files and rows do, or a replay after a crash would bring them back. ``False`` from it:
+        # not yet (another receiver process's journal), the study stays for the next pass.
         self._checkpoint = checkpoint
         self.node = config.node
         self.quiet_seconds = config.completion.quiet_seconds
@@ -277,8 +278,10 @@ class Retention:
             log.error("a study with an invalid UID cannot be deleted by retention; it stays")
             self.index.abandon_deletion(study)
             return 0
-        if self._checkpoint is not None:
-            self._checkpoint()
+        if self._checkpoint is not None and self._checkpoint() is False:
+            log.info("study kept by retention for now: a receive journal is not yet checkpointed")
+            self.index.abandon_deletion(study)
+            return 0
         if self.jobs.unfinished_jobs_of_study(study):
             log.info("study kept by retention: it has unfinished jobs")
             self.index.abandon_deletion(study)

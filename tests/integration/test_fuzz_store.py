@@ -55,7 +55,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification  # type: ignore[attr-defined]
 
 from node.analyse.volume import load_series
-from node.app import load_models
+from node.children import load_models
 from node.config import parse_config
 from node.dicom.status import Status
 from node.errors import UnreadableFileError

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 
-from node.app import load_models
+from node.children import load_models
 from node.config import NodeConfig, parse_config
 from node.jobs import JobState, JobStore
 from node.jobs.kinds import ANALYSE

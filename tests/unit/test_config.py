@@ -180,8 +180,8 @@ def test_absolute_data_dir_is_kept(tmp_path: Path) -> None:
         # Unknown keys, at every level, say what is allowed there.
         (
             BASE + "[limit]\n",
-            "limit: unknown key (allowed here: node, limits, completion, workers, peers, analysis, rules, fallback, "
-            "sender, duplicates, retention, logging, notify, web)",
+            "limit: unknown key (allowed here: node, limits, receive, completion, workers, peers, analysis, rules, "
+            "fallback, sender, duplicates, retention, logging, notify, web)",
         ),
         (BASE + "colour = 1\n", "node.colour: unknown key (allowed here: ae_title, bind, port, data_dir, tls)"),
         (

@@ -11,7 +11,14 @@ SHARED = {"config", "errors", "logs", "paths", "validation", "sqlite", "dicom", 
 # through it. "synth" (test data) may be used by analysis (evaluation) only. "worker" runs analyse and
 # encode and enqueues sends and notifications (node.notify: webhook, HL7); "web" shows everything.
 ORDER = ["store", "receive", "jobs", "synth", "routing", "analyse", "encode", "send", "notify", "worker", "web"]
-TOP = {"cli", "commands", "app", "processes", "__main__"}  # composition and command line: may import anything
+TOP = {
+    "cli",
+    "commands",
+    "app",
+    "children",
+    "processes",
+    "__main__",
+}  # composition and command line: may import anything
 
 
 def _part(module: str) -> str:
