@@ -296,8 +296,16 @@ def through_node(folder: Path, expected: dict[str, str], workdir: Path, args: ar
                 done = echoscu(node.port, aec=NODE_AET, aet=SENDER_AET, nodelay=True, timeout=15, check=False)
                 return done.returncode == 0
 
+            def ready() -> bool:
+                # The sender is its own process and takes about a second to import: a node in service has
+                # it running, so the clock starts once it is (and every receiver process listens).
+                alive()
+                return "sending to scp" in node.log_path.read_text(errors="replace")
+
             try:
                 wait_for(answers, timeout=60, interval=0.1, what="pacs-node serve to answer C-ECHO")
+                wait_for(ready, timeout=60, interval=0.05, what="pacs-node's sender to start")
+                time.sleep(0.5)  # the receiver processes bind after they import, as the sender does
             except TimeoutError as error:
                 raise BenchError(f"{error}:\n{tail(node.log_path)}") from None
             assert node.proc is not None

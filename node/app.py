@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from node.audit import AuditTrail, audit_path
+from node.bell import ROUTER, SENDER, Bell
 from node.config import NodeConfig
 from node.errors import NodeError
 from node.jobs import JobStore
@@ -43,7 +44,7 @@ from node.jobs.sends import SEND_KIND_PREFIX
 from node.metrics import prepare as prepare_metrics
 from node.processes import ChildProcesses, owner_gone, owner_pid
 from node.receive import Receiver, StoreHandler
-from node.receive.processes import PORT_ENV, RouterBell, replay_orphans, settle_journals, slots_path
+from node.receive.processes import PORT_ENV, replay_orphans, settle_journals, slots_path
 from node.receive.slots import SharedSlots
 from node.routing import Router
 from node.routing.log import RoutingLog
@@ -126,7 +127,9 @@ class NodeService:
             slots_path(config).unlink(missing_ok=True)
             slots = SharedSlots(slots_path(config))
         self.receiver = Receiver(config, self.handler, self.audit, reuse_port=shared, slots=slots)
-        self.bell = RouterBell(config)  # the other receivers' new rows wake the router
+        self.bell = Bell(node.data_dir, ROUTER)  # the other receivers' new rows wake the router
+        self.sender_bell = Bell(node.data_dir, SENDER)
+        self.router.on_jobs = self.sender_bell.ring  # new send jobs wake the sender process
         self.timer = CompletionTimer(self.index, config.completion, self.router.study_complete)
         self.retention = Retention(
             config,
@@ -333,6 +336,7 @@ class NodeService:
         self.receiver.stop()
         self.checkpointer.stop()  # every handler has returned: the journal ends empty
         self.bell.close()
+        self.sender_bell.close()
         (self.config.node.data_dir / STATUS_FILE).unlink(missing_ok=True)
         self.jobs.close()
         self.index.close()

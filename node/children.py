@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING
 
 from node.app import analysis_job_store, prepare_data_dir
 from node.audit import AuditTrail, audit_path
+from node.bell import ROUTER, SENDER, Bell
 from node.config import NodeConfig
 from node.processes import stop_on_signals, watch_parent
 from node.receive.handlers import StoreHandler
-from node.receive.processes import PORT_ENV, RouterBell, journal_dir_of, slots_path
+from node.receive.processes import PORT_ENV, journal_dir_of, slots_path
 from node.receive.server import Receiver
 from node.receive.slots import SharedSlots
 from node.store import DiskGuard, Index, Spool
@@ -60,11 +61,15 @@ def run_sender(config: NodeConfig, parent: int | None = None) -> None:
         audit = AuditTrail(audit_path(config.node.data_dir), config.node.ae_title)
         sender = Sender(config, jobs, stop, audit=audit)
         notifier = Notifier(config, jobs, stop, audit=audit)  # [[notify]]: same process, same retry settings
+        bell = Bell(config.node.data_dir, SENDER)  # serve rings it after new send jobs
+        bell.listen(sender.wake, stop)
         sender.start()
         notifier.start()
         stop.wait()
+        sender.wake.set()  # threads waiting for work see the stop at once
         sender.join(config.limits.drain_timeout_s)
         notifier.join(config.limits.drain_timeout_s)
+        bell.close()
     finally:
         jobs.close()
 
@@ -116,7 +121,7 @@ def run_receiver(config: NodeConfig, parent: int | None = None) -> None:
     index = Index(node.index_path)
     journal = Journal(journal_dir_of(config, os.getpid()))
     checkpointer = Checkpointer(journal, tuple({node.spool_dir, node.index_path.parent}))
-    bell = RouterBell(config)
+    bell = Bell(node.data_dir, ROUTER)
     handler = StoreHandler(
         spool,
         index,

@@ -175,15 +175,21 @@ class JobStore(JobQueries, JobRecovery):
                 raise JobStoreError(f"job store {self.path}: {exc}") from exc
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
         """One write transaction holding SQLite's write lock from its start (BEGIN IMMEDIATE).
 
         Taking the lock before reading means what the transaction reads cannot be changed by another
         process before it writes: this is what makes claim, dedup and the ownership checks atomic.
+        ``durable=False`` commits without a sync (``synchronous=NORMAL``): it survives a crash of any
+        process, and power loss may undo it, for changes whose loss only repeats work (a claim, a done
+        mark: the job runs again; a send to a peer is idempotent per SOP Instance UID).
         """
         self._check_process()
         with immediate_transaction(
-            self._conn, self._lock, lambda exc: JobStoreError(f"job store {self.path}: {exc}")
+            self._conn,
+            self._lock,
+            lambda exc: JobStoreError(f"job store {self.path}: {exc}"),
+            synchronous="FULL" if durable else "NORMAL",
         ) as conn:
             yield conn
 
@@ -284,20 +290,35 @@ class JobStore(JobQueries, JobRecovery):
             raise ValueError("claim needs at least one kind")
         if lease_seconds <= 0:
             raise ValueError(f"lease_seconds must be positive, got {lease_seconds}")
+        claimed = self.claim_many(kinds, owner, lease_seconds, 1)
+        return claimed[0] if claimed else None
+
+    def claim_many(
+        self, kinds: str | Collection[str], owner: str, lease_seconds: float, limit: int
+    ) -> builtins.list[Job]:
+        """:meth:`claim` up to ``limit`` jobs in one transaction (a sender's batch: one commit, not one each).
+
+        The claim is committed without a sync (see :meth:`_write`): power loss can only put the jobs back
+        in the queue, where they are claimed again.
+        """
+        kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
+        if not kinds:
+            raise ValueError("claim needs at least one kind")
+        if lease_seconds <= 0:
+            raise ValueError(f"lease_seconds must be positive, got {lease_seconds}")
         now = self._clock()
         marks = ", ".join("?" * len(kinds))
-        with self._write() as conn:
-            row = conn.execute(
+        with self._write(durable=False) as conn:
+            rows = conn.execute(
                 "UPDATE jobs SET state = 'running', lease_owner = ?, lease_expires = ?, attempts = attempts + 1,"
-                " updated = ? WHERE id = (SELECT id FROM jobs WHERE state = 'queued' AND not_before <= ?"
-                f" AND kind IN ({marks}) ORDER BY priority DESC, id LIMIT 1) AND state = 'queued' RETURNING {COLUMNS}",
-                (owner, now + lease_seconds, now, now, *kinds),
-            ).fetchone()
-        if row is None:
-            return None
-        job = job_from_row(row)
-        log.info("job %d %s -> running (attempt %d, owner %s)", job.id, job.kind, job.attempts, owner)
-        return job
+                " updated = ? WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' AND not_before <= ?"
+                f" AND kind IN ({marks}) ORDER BY priority DESC, id LIMIT ?) AND state = 'queued' RETURNING {COLUMNS}",
+                (owner, now + lease_seconds, now, now, *kinds, limit),
+            ).fetchall()
+        jobs = sorted((job_from_row(row) for row in rows), key=lambda job: (-job.priority, job.id))
+        for job in jobs:
+            log.info("job %d %s -> running (attempt %d, owner %s)", job.id, job.kind, job.attempts, owner)
+        return jobs
 
     def heartbeat(self, job_id: int, owner: str, lease_seconds: float) -> bool:
         """Extend ``owner``'s lease to now + ``lease_seconds``.
@@ -313,10 +334,15 @@ class JobStore(JobQueries, JobRecovery):
             )
         return cursor.rowcount == 1
 
-    def complete(self, job_id: int, owner: str) -> None:
-        """Mark ``owner``'s job done; call only once its side effect is acknowledged (sent, written)."""
+    def complete(self, job_id: int, owner: str, *, durable: bool = True) -> None:
+        """Mark ``owner``'s job done; call only once its side effect is acknowledged (sent, written).
+
+        ``durable=False`` (a send: the peer keeps one copy per SOP Instance UID) commits without a sync:
+        power loss can undo the mark, and the instance is sent again, never lost. An analysis keeps the
+        synced mark: run again, it would make results with new UIDs.
+        """
         now = self._clock()
-        with self._write() as conn:
+        with self._write(durable=durable) as conn:
             job = self._owned(conn, job_id, owner, "complete")
             move(conn, job, JobState.DONE, now)
         log.info("job %d %s -> done (attempt %d)", job_id, job.kind, job.attempts)

@@ -13,7 +13,7 @@ What they share, and where:
 Each receiver's journal is ``journal/p<pid>/``. The journal of a receiver that died (``kill -9``) is
 replayed by serve as soon as it notices (:func:`replay_orphans`), and at start-up every such folder is,
 before any receiver listens. A receiver tells serve's router about a new row through a datagram on
-``run/router.sock`` (:class:`RouterBell`), so forwarding does not wait for the router's next poll.
+``run/router.sock`` (:class:`node.bell.Bell`), so forwarding does not wait for the router's next poll.
 """
 
 from __future__ import annotations
@@ -21,10 +21,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
-import socket
-import threading
 from pathlib import Path
 
+from node.bell import RUN_DIR
 from node.config import NodeConfig
 from node.store import Index, Spool
 from node.store.durability import replay
@@ -33,17 +32,12 @@ from node.store.journal import JOURNAL_DIR, read_segment
 log = logging.getLogger(__name__)
 
 PORT_ENV = "PACS_NODE_RECEIVER_PORT"  # the port serve's receiver bound (node.port may be 0)
-RUN_DIR = "run"
-
-
-def run_dir(config: NodeConfig) -> Path:
-    path = config.node.data_dir / RUN_DIR
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def slots_path(config: NodeConfig) -> Path:
-    return run_dir(config) / "associations.json"
+    folder = config.node.data_dir / RUN_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / "associations.json"
 
 
 def journal_dir_of(config: NodeConfig, pid: int) -> Path:
@@ -63,46 +57,6 @@ def replay_orphans(config: NodeConfig, spool: Spool, index: Index, pids: list[in
         count += replay(folder, spool, index)
         shutil.rmtree(folder, ignore_errors=True)  # spares too: a new receiver makes its own
     return count
-
-
-class RouterBell:
-    """A datagram socket in the run folder: receivers ring it after each stored row, serve's router wakes.
-
-    Ringing never blocks and never fails a C-STORE: with nobody listening, or the socket's queue full (the
-    router is awake anyway), the datagram is dropped and the router finds the row at its next poll.
-    """
-
-    def __init__(self, config: NodeConfig) -> None:
-        self.path = run_dir(config) / "router.sock"
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._sock.setblocking(False)
-
-    def ring(self) -> None:
-        with contextlib.suppress(OSError):
-            self._sock.sendto(b"!", str(self.path))
-
-    def listen(self, wake: threading.Event, stop: threading.Event) -> threading.Thread:
-        """Bind (serve only) and set ``wake`` on every datagram until ``stop``; returns the thread."""
-        self.path.unlink(missing_ok=True)
-        self._sock.bind(str(self.path))
-        self._sock.settimeout(0.5)
-
-        def loop() -> None:
-            while not stop.is_set():
-                try:
-                    self._sock.recv(64)
-                except TimeoutError:
-                    continue
-                except OSError:
-                    return
-                wake.set()
-
-        thread = threading.Thread(target=loop, name="router-bell", daemon=True)
-        thread.start()
-        return thread
-
-    def close(self) -> None:
-        self._sock.close()
 
 
 def settle_journals(config: NodeConfig, since: float, timeout: float = 5.0) -> bool:

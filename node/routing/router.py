@@ -71,6 +71,8 @@ class Router:
         self._tags = list(required_tags(rules))
         self._quiet_given: dict[str, float] = {}  # study -> quiet period already written to the index
         self.wake = threading.Event()  # set by the C-STORE handler: new rows to route
+        # Called after new jobs are committed (serve rings the sender process's bell: it sends at once).
+        self.on_jobs: Callable[[], object] | None = None
 
     # -- helpers -----------------------------------------------------------------------------------
 
@@ -174,6 +176,8 @@ class Router:
                 if ds is not None:
                     self._route_instance(row, ds, now, jobs, decisions)
             self.jobs.enqueue_many(jobs)
+            if jobs and self.on_jobs is not None:
+                self.on_jobs()
             if decisions:
                 self.log.record(decisions, first_only=True)
         self.log.advance(rows[-1][0])
@@ -259,6 +263,8 @@ class Router:
         if not matched:
             actions.append(self._fallback(study_uid, rows, facts, decisions, now, jobs))
         self.jobs.enqueue_many(jobs)
+        if jobs and self.on_jobs is not None:
+            self.on_jobs()
         self.log.record(decisions)
         self._audit_received(study_uid, rows, len(by_series))
         log.info(

@@ -17,10 +17,11 @@ C-STORE in flight (those jobs come back when their lease expires: the peer may r
 never zero times). Taking back expired leases (``requeue_expired``) is the application's job.
 
 Waiting for work: the router queues send jobs in the serve process, the sender runs in its own, and the
-job store is the only channel between them, so the sender polls. An idle thread looks every ``poll_s``
-(:data:`POLL_S`); while its association is open and its last batch ended within :data:`BUSY_S`, every
-:data:`BUSY_POLL_S` instead (a study is arriving: the next forwards come within tens of ms, and an empty
-claim is one short SQLite transaction). The association is released after
+job store is the only channel of data between them. serve rings the sender's bell (:mod:`node.bell`)
+after each batch of new send jobs, and an idle thread looks at once; without a ring (jobs queued by a
+worker, or a retry's backoff ending) it looks every ``poll_s`` (:data:`POLL_S`). Claiming a batch is one
+transaction, its done marks are committed without a sync (``JobStore.complete(durable=False)``: power loss
+can only make the peer receive an instance again). The association is released after
 :data:`~node.send.keepalive.IDLE_RELEASE_S` without a batch, when the thread stops, or when a batch needs
 contexts it did not negotiate. A kill -9 between batches leaves no job claimed: only the connection is
 cut, which the peer treats as an abort.
@@ -55,8 +56,6 @@ from node.send.scu import FileOutcome, ScuSettings, Verdict, store_files
 
 __all__ = [
     "BATCH",
-    "BUSY_POLL_S",
-    "BUSY_S",
     "POLL_S",
     "Sender",
     "lease_seconds",
@@ -67,9 +66,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 BATCH = 50  # jobs per association: enough to amortise the negotiation, small enough to share the peer
-POLL_S = 0.2  # seconds between looks at an empty queue
-BUSY_POLL_S = 0.02  # ... while the association is open and a batch ended within BUSY_S: forwards keep coming
-BUSY_S = 1.0
+POLL_S = 0.2  # seconds between looks at an empty queue when no bell rings
 # A sibling thread waiting this long for its association to be accepted is taken as a peer that serves one
 # association at a time (DCMTK storescp without --fork): holders then release theirs after each batch, so
 # the batch it has claimed is not held up until they go idle. Opening one takes a few ms elsewhere.
@@ -179,6 +176,9 @@ class Sender:
         self._threads: list[threading.Thread] = []
         self._held: dict[tuple[str, int], HeldAssociation] = {}
         self.audit = audit
+        # Set when new send jobs are committed (serve's router rings the sender's bell: node.bell); the
+        # threads then look at once instead of at their next poll.
+        self.wake = threading.Event()
 
     @property
     def peers(self) -> list[Peer]:
@@ -229,8 +229,8 @@ class Sender:
                     handled = 0
                 if held.is_open and self._sibling_waits(peer, n):
                     held.release("another thread for this peer waits for an association")
-                if not handled:
-                    self.stop.wait(self._pause(held))
+                if not handled and not self.stop.is_set() and self.wake.wait(self._pause(held)):
+                    self.wake.clear()
         finally:
             held.release("the sender is stopping" if self.stop.is_set() else "")
 
@@ -251,8 +251,7 @@ class Sender:
         if idle >= limit:
             held.release(f"idle for {limit:g} s")
             return self.poll_s
-        pause = min(self.poll_s, BUSY_POLL_S) if idle < BUSY_S else self.poll_s
-        return max(0.001, min(pause, limit - idle))
+        return max(0.001, min(self.poll_s, limit - idle))
 
     def run_once(self, peer: Peer, n: int = 0, *, keep_open: bool = False) -> int:
         """Claim up to ``batch`` ready jobs of ``peer``, send them, settle them; returns how many were claimed.
@@ -270,17 +269,8 @@ class Sender:
         owner = self.owner(peer, n)
         claimed: list[Job] = []
         kind = send_kind(peer.name)
-        while len(claimed) < self.batch and not self.stop.is_set():
-            try:
-                job = self.jobs.claim(kind, owner, self.lease)
-            except JobError:
-                if not claimed:
-                    raise
-                log.warning("sender %s: claim failed; sending the %d jobs claimed", owner, len(claimed), exc_info=True)
-                break
-            if job is None:
-                break
-            claimed.append(job)
+        if not self.stop.is_set():
+            claimed = self.jobs.claim_many(kind, owner, self.lease, self.batch)  # one commit for the batch
         if not claimed:
             return 0
         batch = _Batch(owner, claimed, unsettled={job.id: job for job in claimed}, heartbeat_at=self._clock())
@@ -351,7 +341,7 @@ class Sender:
                 metrics().send_failures.labels(peer).inc()
         try:
             if verdict is Verdict.SENT:
-                self.jobs.complete(job.id, batch.owner)
+                self.jobs.complete(job.id, batch.owner, durable=False)  # lost only to power loss: sent again
             elif verdict is Verdict.CANCELLED:
                 self.jobs.release(job.id, batch.owner)
             else:

@@ -67,6 +67,21 @@ def test_claim_takes_highest_priority_first_then_oldest(store: JobStore, clock: 
     assert order == ["b", "c", "a", "d", "e"]
 
 
+def test_claim_many_takes_a_batch_in_claim_order_in_one_transaction(store: JobStore, clock: Clock) -> None:
+    for name, priority in [("a", 0), ("b", 5), ("c", 5), ("d", 0), ("e", -1)]:
+        store.enqueue("send:pacs", {"name": name}, priority=priority)
+        clock.advance(1)
+    store.enqueue("send:other", {"name": "x"}, priority=9)
+    first = store.claim_many("send:pacs", "s1", 60, 3)
+    assert [j.payload["name"] for j in first] == ["b", "c", "a"]
+    assert all(j.state is JobState.RUNNING and j.lease_owner == "s1" and j.attempts == 1 for j in first)
+    rest = store.claim_many("send:pacs", "s2", 60, 10)
+    assert [j.payload["name"] for j in rest] == ["d", "e"]
+    assert store.claim_many("send:pacs", "s3", 60, 10) == []
+    store.complete(first[0].id, "s1", durable=False)  # a send's done mark: committed, not synced
+    assert store.get(first[0].id).state is JobState.DONE
+
+
 def test_claim_only_takes_the_kinds_asked_for(store: JobStore) -> None:
     send = store.enqueue("send", {"sop": UID, "peer": "PACS"}, priority=9)
     analyse = store.enqueue("analyse", {"study": UID})

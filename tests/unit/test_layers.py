@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 NODE = Path(__file__).resolve().parents[2] / "node"
-SHARED = {"config", "errors", "logs", "paths", "validation", "sqlite", "dicom", "audit", "metrics", "__init__"}
+SHARED = {"config", "errors", "logs", "paths", "validation", "sqlite", "dicom", "audit", "metrics", "bell", "__init__"}
 # Stages in the order they may depend on each other. "store" comes first: the receiver's handler writes
 # through it. "synth" (test data) may be used by analysis (evaluation) only. "worker" runs analyse and
 # encode and enqueues sends and notifications (node.notify: webhook, HL7); "web" shows everything.
