@@ -10,9 +10,12 @@ file) and sends it with DCMTK ``storescu`` to four receivers on 127.0.0.1:
   orthanc   Orthanc with its own JSON config (tests/peers.py), no plugins, fsync of every file on (its
             default SyncStorageArea), SQLite index
   node      ``pacs-node serve`` with workers count 0 and no models, so only the receive path runs
-            (spool file, index row, one group-committed sync of the receive journal per instance)
-  discard   bench/discard_scp.py: pynetdicom with the node's receiver settings, answering Success to
-            every C-STORE and storing nothing: the ceiling for a pynetdicom receiver
+            (spool file, index row, one group-committed sync of the receive journal per instance); its
+            default ``[receive] processes`` (one per core, at most 4), every one listening before the
+            clock starts; CPU is summed and peak RSS is the largest over those processes
+  discard   bench/discard_scp.py: pynetdicom as the node's receiver was set up before it had its own
+            acceptor, answering Success to every C-STORE and storing nothing: the ceiling for a
+            pynetdicom receiver (the node no longer is one, and may pass it)
 
 Modes, one table each:
   a  TCP_NODELAY=1 in the environment of storescu, storescp and Orthanc (all three use DCMTK's network
@@ -57,6 +60,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tests.faults import listening
 from tests.peers import Orthanc, PeerError, StoreSCP, echoscu, free_port, storescu, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,18 +113,39 @@ def env(nodelay: bool) -> dict[str, str]:
     return out
 
 
+def receiving(pid: int) -> list[int]:
+    """``pid`` and its ``pacs-node receiver`` children (the node's other receiver processes)."""
+    pids = [pid]
+    with contextlib.suppress(OSError):
+        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+            with contextlib.suppress(OSError):
+                if b"receiver" in Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")[:8]:
+                    pids.append(int(child))
+    return pids
+
+
 def peak_rss_mb(pid: int) -> float:
-    """VmHWM (peak resident set) of a live process, in MB (MiB, like bench/analyse.py)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise BenchError(f"no VmHWM in /proc/{pid}/status")
+    """The largest VmHWM (peak resident set) of ``pid`` and its receiver children, in MB (MiB, like
+    bench/analyse.py): the target is per receiver process."""
+    peaks = []
+    for one in receiving(pid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{one}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peaks.append(int(line.split()[1]) / 1024)
+    if not peaks:
+        raise BenchError(f"no VmHWM in /proc/{pid}/status")
+    return max(peaks)
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a live process has used so far (/proc/PID/stat), in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time ``pid`` and its receiver children have used so far (/proc/PID/stat), in s."""
+    total = 0.0
+    for one in receiving(pid):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def tail(path: Path, lines: int = 40) -> str:
@@ -264,8 +289,12 @@ def run_node(workdir: Path, nodelay: bool) -> Iterator[Receiver]:
             done = echoscu(port, aec=NODE_AET, aet=SENDER_AET, nodelay=True, timeout=15, check=False)
             return done.returncode == 0
 
+        def all_listen() -> bool:  # every receiver process ([receive] processes, default one per core)
+            return listening(port) >= min(os.cpu_count() or 1, 4)
+
         try:
             wait_for(answers, timeout=60, interval=0.1, what="pacs-node serve to answer C-ECHO")
+            wait_for(all_listen, timeout=60, interval=0.05, what="every pacs-node receiver process to listen")
         except TimeoutError as error:
             raise BenchError(f"{error}:\n{tail(log_path)}") from None
         started = time.perf_counter() - began

@@ -165,7 +165,7 @@ class Connection:
             tls = isinstance(self.sock, ssl.SSLSocket) and self.handshake is not None
             if tls and not self.handshake(self.sock, self.address[0]):  # type: ignore[misc,arg-type]
                 return
-            stream = self.sock.makefile("rb", buffering=1 << 18)
+            stream = ul.SocketReader(self.sock)
             try:
                 admitted = self._negotiate(stream)
                 if admitted and self.established:
