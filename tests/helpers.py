@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import hashlib
+import zlib
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+from pydicom.uid import (
+    CTImageStorage,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 
 from node.analyse.types import Volume
 
@@ -160,3 +169,16 @@ def node_toml(data_dir: Path, port: int, *, peers: str = "", extra: str = "", ae
         f"[limits]\nmin_free_disk_mb = 0\nacse_timeout_s = 5\ndimse_timeout_s = 10\nnetwork_timeout_s = 10\n"
         f"{extra}\n{peers}"
     )
+
+
+def encode_dataset(ds: Dataset, syntax: str) -> bytes:
+    """``ds`` encoded as a C-STORE carries it in transfer syntax ``syntax`` (deflated for Deflated)."""
+    buffer = DicomBytesIO()
+    buffer.is_little_endian = syntax != ExplicitVRBigEndian
+    buffer.is_implicit_VR = syntax == ImplicitVRLittleEndian
+    write_dataset(buffer, ds)
+    data = buffer.getvalue()
+    if syntax == DeflatedExplicitVRLittleEndian:
+        packer = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+        data = packer.compress(data) + packer.flush()
+    return data

@@ -24,25 +24,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import (
     A_ASSOCIATE,
-    ImplementationClassUIDNotification,
-    ImplementationVersionNameNotification,
-    MaximumLengthNotification,
     SCP_SCU_RoleSelectionNegotiation,
 )
 from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 
 from node import logs
 from node.dicom import ul
+from node.dicom.associate import APPLICATION_CONTEXT, user_information
 from node.dicom.status import Status
 from node.receive.handlers import Caller, StoreHandler, StoreRequest
 
 log = logging.getLogger(__name__)
-
-APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,13 +93,7 @@ def _accept_pdu(request: A_ASSOCIATE, results: list[PresentationContext], roles:
     primitive.result = 0x00
     primitive.result_source = 0x01
     primitive.presentation_context_definition_results_list = results
-    length = MaximumLengthNotification()
-    length.maximum_length_received = max_pdu
-    uid = ImplementationClassUIDNotification()
-    uid.implementation_class_uid = PYNETDICOM_IMPLEMENTATION_UID
-    version = ImplementationVersionNameNotification()
-    version.implementation_version_name = PYNETDICOM_IMPLEMENTATION_VERSION
-    primitive.user_information = [length, uid, version, *roles]
+    primitive.user_information = [*user_information(max_pdu), *roles]
     pdu = A_ASSOCIATE_AC()
     pdu.from_primitive(primitive)
     return bytes(pdu.encode())

@@ -12,21 +12,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pydicom.uid import UID
-from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import (
     A_ASSOCIATE,
-    ImplementationClassUIDNotification,
-    ImplementationVersionNameNotification,
-    MaximumLengthNotification,
 )
 from pynetdicom.presentation import PresentationContext
 
 from node.dicom import ul
+from node.dicom.associate import APPLICATION_CONTEXT, user_information
 
 __all__ = ["APPLICATION_CONTEXT", "AcceptedContext", "accepted_contexts", "associate_rq", "numbered", "rejection"]
-
-APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,13 +44,7 @@ def associate_rq(calling: str, called: str, contexts: Sequence[PresentationConte
     primitive.calling_ae_title = calling
     primitive.called_ae_title = called
     primitive.presentation_context_definition_list = list(contexts)
-    length = MaximumLengthNotification()
-    length.maximum_length_received = max_pdu
-    uid = ImplementationClassUIDNotification()
-    uid.implementation_class_uid = PYNETDICOM_IMPLEMENTATION_UID
-    version = ImplementationVersionNameNotification()
-    version.implementation_version_name = PYNETDICOM_IMPLEMENTATION_VERSION
-    primitive.user_information = [length, uid, version]
+    primitive.user_information = list(user_information(max_pdu))
     pdu = A_ASSOCIATE_RQ()
     pdu.from_primitive(primitive)
     return bytes(pdu.encode())

@@ -20,7 +20,6 @@ import shutil
 import struct
 import tempfile
 import time
-import zlib
 from collections import Counter
 from pathlib import Path
 
@@ -30,8 +29,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset
 from pydicom.tag import Tag
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
@@ -47,7 +44,7 @@ from node.analyse.types import Volume
 from node.analyse.volume import load_series, scan_series
 from node.errors import InputError, UnreadableFileError
 from node.store import part10_header
-from tests.helpers import tiny_ct
+from tests.helpers import encode_dataset, tiny_ct
 
 # pydicom warns about every malformed value it reads: here they are made on purpose.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:pydicom")
@@ -160,7 +157,7 @@ def _encode(ds: Dataset, syntax: str, edits: dict[int, bytes | None]) -> tuple[b
     """The dataset's bytes and their syntax. Edited values are written as they are, element by element, in
     explicit VR little endian (pydicom would convert, and refuse, the malformed ones)."""
     if not edits:
-        return _encoded(ds, syntax), syntax
+        return encode_dataset(ds, syntax), syntax
     parts = []
     for tag in sorted(set(ds.keys()) | set(edits)):
         if tag in edits:
@@ -170,20 +167,8 @@ def _encode(ds: Dataset, syntax: str, edits: dict[int, bytes | None]) -> tuple[b
         else:
             single = Dataset()
             single[tag] = ds[tag]
-            parts.append(_encoded(single, ExplicitVRLittleEndian))
+            parts.append(encode_dataset(single, ExplicitVRLittleEndian))
     return b"".join(parts), ExplicitVRLittleEndian
-
-
-def _encoded(ds: Dataset, syntax: str) -> bytes:
-    buffer = DicomBytesIO()
-    buffer.is_little_endian = syntax != ExplicitVRBigEndian
-    buffer.is_implicit_VR = syntax == ImplicitVRLittleEndian
-    write_dataset(buffer, ds)
-    data = buffer.getvalue()
-    if syntax == DeflatedExplicitVRLittleEndian:
-        packer = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
-        data = packer.compress(data) + packer.flush()
-    return data
 
 
 def write_series(folder: Path, recipe: dict[str, object]) -> list[Path]:

@@ -22,7 +22,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
-from pydicom.filewriter import write_dataset, write_file_meta_info
+from pydicom.filewriter import write_file_meta_info
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
@@ -33,7 +33,7 @@ from pydicom.uid import (
 
 from node.dicom.status import Status
 from node.receive.identify import Identity, UnacceptableError, identify, identify_dataset
-from tests.helpers import tiny_ct
+from tests.helpers import encode_dataset, tiny_ct
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -116,18 +116,6 @@ def header(syntax: str, sop: str = SOP, sop_class: str = CT) -> bytes:
     return b"\x00" * 128 + b"DICM" + buffer.getvalue()
 
 
-def encode(ds: Dataset, syntax: str) -> bytes:
-    buffer = DicomBytesIO()
-    buffer.is_little_endian = syntax != ExplicitVRBigEndian
-    buffer.is_implicit_VR = syntax == ImplicitVRLittleEndian
-    write_dataset(buffer, ds)
-    data = buffer.getvalue()
-    if syntax == DeflatedExplicitVRLittleEndian:
-        packer = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
-        data = packer.compress(data) + packer.flush()
-    return data
-
-
 def outcome(function: object, part10: bytes, sop_class: str, sop: str) -> Identity | Status:
     try:
         return function(part10, sop_class, sop)  # type: ignore[operator, no-any-return]
@@ -194,7 +182,7 @@ def test_every_shipped_file_gives_the_same_identity() -> None:
 
 @pytest.mark.parametrize("syntax", SYNTAXES)
 def test_a_valid_dataset_in_each_syntax(syntax: str) -> None:
-    data = encode(tiny_ct(STUDY, SERIES, SOP), syntax)
+    data = encode_dataset(tiny_ct(STUDY, SERIES, SOP), syntax)
     assert assert_same(header(syntax) + data) == Identity(CT, SOP, STUDY, SERIES)
     assert identify_dataset(data, syntax, CT, SOP) == Identity(CT, SOP, STUDY, SERIES)
 
@@ -222,7 +210,7 @@ def test_truncated_files(name: str) -> None:
 
 @pytest.mark.parametrize("syntax", SYNTAXES[:3])
 def test_truncated_swapped_and_bad_lengths(syntax: str) -> None:
-    data = encode(tiny_ct(STUDY, SERIES, SOP, size=16), syntax)
+    data = encode_dataset(tiny_ct(STUDY, SERIES, SOP, size=16), syntax)
     meta = header(syntax)
     for cut in range(1, len(data)):
         assert_same(meta + data[:cut])
@@ -261,7 +249,7 @@ def test_undefined_length_sequences(syntax: str) -> None:
         element.is_undefined_length = True
     for dataset in (item, nested):
         dataset.is_undefined_length_sequence_item = True
-    data = encode(ds, syntax)
+    data = encode_dataset(ds, syntax)
     meta = header(syntax)
     assert assert_same(meta + data) == Identity(CT, SOP, STUDY, SERIES)
     if syntax == DeflatedExplicitVRLittleEndian:
