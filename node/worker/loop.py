@@ -27,6 +27,7 @@ from node import logs
 from node.analyse.buffer import VoxelBuffer
 from node.analyse.runtime import Model
 from node.audit import AuditTrail
+from node.bell import SENDER, Bell
 from node.config import NodeConfig
 from node.errors import InputError, NodeError
 from node.jobs import Job, JobState, JobStore, LeaseLostError
@@ -81,6 +82,7 @@ class Worker:
         self._lost = threading.Event()
         # One block for the volumes of every job: fresh memory of that size costs page faults each time.
         self.voxels = VoxelBuffer()
+        self._sender_bell = Bell(config.node.data_dir, SENDER)
 
     def run(self) -> None:
         """Claim and run jobs until stopped."""
@@ -157,6 +159,8 @@ class Worker:
         # [[notify]] targets whose minimum priority a result reaches: in the same transaction as the sends.
         notices = notify_jobs(self.config.notify, data_dir, files, name, job.priority)
         self.jobs.enqueue_many(new + notices)
+        if new:
+            self._sender_bell.ring()  # the sender looks at once, not at its next poll
         log.info(
             "job %d: %d result files, sent to %s, %d notifications",
             job.id,
