@@ -19,9 +19,9 @@ never zero times). Taking back expired leases (``requeue_expired``) is the appli
 Waiting for work: the router queues send jobs in the serve process, the sender runs in its own, and the
 job store is the only channel of data between them. serve's router and the analysis workers ring the
 sender's bell (:mod:`node.bell`) after new send jobs, and an idle thread looks at once; without a ring (a
-retry's backoff ending, a bell that could not be rung) it looks every ``poll_s`` (:data:`POLL_S`). Claiming a batch is one
-transaction, its done marks are committed without a sync (``JobStore.complete(durable=False)``: power loss
-can only make the peer receive an instance again). The association is released after
+retry's backoff ending, a bell that could not be rung) it looks every ``poll_s`` (:data:`POLL_S`).
+Claiming a batch is one transaction, its done marks are committed without a sync
+(``JobStore.complete(durable=False)``: power loss can only make the peer receive an instance again). The association is released after
 :data:`~node.send.keepalive.IDLE_RELEASE_S` without a batch, when the thread stops, or when a batch needs
 contexts it did not negotiate. A kill -9 between batches leaves no job claimed: only the connection is
 cut, which the peer treats as an abort.
