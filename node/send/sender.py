@@ -21,10 +21,10 @@ job store is the only channel of data between them. serve's router and the analy
 sender's bell (:mod:`node.bell`) after new send jobs, and an idle thread looks at once; without a ring (a
 retry's backoff ending, a bell that could not be rung) it looks every ``poll_s`` (:data:`POLL_S`).
 Claiming a batch is one transaction, its done marks are committed without a sync
-(``JobStore.complete(durable=False)``: power loss can only make the peer receive an instance again). The association is released after
-:data:`~node.send.keepalive.IDLE_RELEASE_S` without a batch, when the thread stops, or when a batch needs
-contexts it did not negotiate. A kill -9 between batches leaves no job claimed: only the connection is
-cut, which the peer treats as an abort.
+(``JobStore.complete(durable=False)``: power loss can only make the peer receive an instance again).
+The association is released after :data:`~node.send.keepalive.IDLE_RELEASE_S` without a batch, when the
+thread stops, or when a batch needs contexts it did not negotiate. A kill -9 between batches leaves no
+job claimed: only the connection is cut, which the peer treats as an abort.
 
 Leases and heartbeats: a claimed job's lease is :func:`lease_seconds`. The longest time between two
 answers of one batch is a stalled C-STORE (DIMSE timeout), a new connection and negotiation (ACSE timeout
