@@ -78,7 +78,7 @@ from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 from node.send.association import keep_stolen_responses
 from node.synth.phantom import make_phantom
 from tests.nodeproc import NodeProcess
-from tests.peers import Orthanc
+from tests.peers import Orthanc, scanner_and_pacs
 
 SEG = "1.2.840.10008.5.1.4.1.1.66.4"
 SR_3D = "1.2.840.10008.5.1.4.1.1.88.34"
@@ -481,16 +481,7 @@ level = "series"
 when = {{ attribute = "Modality", equals = "CT" }}
 analyse = ["lung-nodule-ct"]
 results_to = ["pacs"]
-[[peers]]
-name = "scanner"
-ae_title = "STORESCU"
-allow_store = true
-[[peers]]
-name = "pacs"
-ae_title = "{pacs.aet}"
-host = "127.0.0.1"
-port = {pacs.dicom_port}
-"""
+{scanner_and_pacs(pacs)}"""
 
 
 @dataclass

@@ -398,6 +398,14 @@ class Orthanc:
         return wait_for(check, timeout, interval, what=f"{predicate!r} on Orthanc")
 
 
+def scanner_and_pacs(pacs: Orthanc) -> str:
+    """The ``[[peers]]`` of an end-to-end node: the test scanner (``STORESCU``, may store) and ``pacs``."""
+    return (
+        '[[peers]]\nname = "scanner"\nae_title = "STORESCU"\nallow_store = true\n'
+        f'[[peers]]\nname = "pacs"\nae_title = "{pacs.aet}"\nhost = "127.0.0.1"\nport = {pacs.dicom_port}\n'
+    )
+
+
 class StoreSCP:
     """DCMTK ``storescp`` on a free port, writing what it receives into ``out_dir``.
 

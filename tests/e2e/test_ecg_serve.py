@@ -9,7 +9,7 @@ from pydicom import dcmread
 
 from node.synth.ecg import make_ecg
 from tests.nodeproc import NodeProcess
-from tests.peers import Orthanc, storescu
+from tests.peers import Orthanc, scanner_and_pacs, storescu
 from tests.tools import require_tool, validator_errors
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
@@ -31,16 +31,7 @@ lease_seconds = 60
 [analysis]
 models = ["lung-nodule-ct", "ecg-rhythm"]
 send_results_to = ["pacs"]
-[[peers]]
-name = "scanner"
-ae_title = "STORESCU"
-allow_store = true
-[[peers]]
-name = "pacs"
-ae_title = "{pacs.aet}"
-host = "127.0.0.1"
-port = {pacs.dicom_port}
-"""
+{scanner_and_pacs(pacs)}"""
 
 
 def _finding(sr_path: Path) -> str:

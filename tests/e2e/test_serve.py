@@ -10,7 +10,7 @@ import pytest
 
 from node.synth.phantom import make_phantom
 from tests.nodeproc import NodeProcess
-from tests.peers import Orthanc, echoscu, storescu
+from tests.peers import Orthanc, echoscu, scanner_and_pacs, storescu
 from tests.tools import require_tool, validator_errors
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
@@ -47,16 +47,7 @@ retry_max_s = {retry_s}
 [analysis]
 models = ["lung-nodule-ct"]
 send_results_to = ["pacs"]
-[[peers]]
-name = "scanner"
-ae_title = "STORESCU"
-allow_store = true
-[[peers]]
-name = "pacs"
-ae_title = "{pacs.aet}"
-host = "127.0.0.1"
-port = {pacs.dicom_port}
-"""
+{scanner_and_pacs(pacs)}"""
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ from pydicom import dcmread
 
 from node.synth.phantom import make_phantom
 from tests.nodeproc import NodeProcess
-from tests.peers import Orthanc, free_port, storescu
+from tests.peers import Orthanc, free_port, scanner_and_pacs, storescu
 from tests.tools import require_tool
 from tests.web_fixtures import PASSWORD, Web, eventually, web_config
 
@@ -69,16 +69,7 @@ give_up_after_hours = 0.0001
 [analysis]
 models = ["lung-nodule-ct"]
 send_results_to = ["pacs"]
-[[peers]]
-name = "scanner"
-ae_title = "STORESCU"
-allow_store = true
-[[peers]]
-name = "pacs"
-ae_title = "{pacs.aet}"
-host = "127.0.0.1"
-port = {pacs.dicom_port}
-{web_config(web_port, viewer_url="https://viewer.example/?study={study_uid}")}
+{scanner_and_pacs(pacs)}{web_config(web_port, viewer_url="https://viewer.example/?study={study_uid}")}
 """
 
 
