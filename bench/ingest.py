@@ -60,7 +60,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.faults import listening
+from tests.faults import listening, role_pids
 from tests.peers import Orthanc, PeerError, StoreSCP, echoscu, free_port, storescu, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,13 +115,7 @@ def env(nodelay: bool) -> dict[str, str]:
 
 def receiving(pid: int) -> list[int]:
     """``pid`` and its ``pacs-node receiver`` children (the node's other receiver processes)."""
-    pids = [pid]
-    with contextlib.suppress(OSError):
-        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-            with contextlib.suppress(OSError):
-                if b"receiver" in Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")[:8]:
-                    pids.append(int(child))
-    return pids
+    return [pid, *role_pids(pid, "receiver")]
 
 
 def peak_rss_mb(pid: int) -> float:

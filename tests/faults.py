@@ -153,19 +153,19 @@ def listening(port: int) -> int:
     return len(_tcp(port, "0A"))
 
 
-def established_on(pid: int, port: int) -> bool:
-    """Whether ``pid`` holds an established TCP connection on local ``port`` (from /proc)."""
+def established(pid: int, port: int) -> int:
+    """How many established TCP connections on local ``port`` ``pid`` holds (from /proc)."""
     inodes = _tcp(port, "01")
     try:
         fds = list(Path(f"/proc/{pid}/fd").iterdir())
     except OSError:
-        return False
+        return 0
+    held = 0
     for fd in fds:
         with contextlib.suppress(OSError):
             target = os.readlink(fd)
-            if target.startswith("socket:[") and target[8:-1] in inodes:
-                return True
-    return False
+            held += target.startswith("socket:[") and target[8:-1] in inodes
+    return held
 
 
 def alive(pid: int) -> bool:
@@ -813,7 +813,7 @@ class FaultRun:
         kids = role_pids(self.serve_pid, "receiver")
         if not kids:
             return False, "no receiver child"
-        holding = [pid for pid in kids if established_on(pid, self.node.port)]
+        holding = [pid for pid in kids if established(pid, self.node.port)]
         victim = holding[0] if holding else self.rng.choice(kids)
         with contextlib.suppress(ProcessLookupError):
             os.kill(victim, signal.SIGKILL)

@@ -16,6 +16,7 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from node.dicom.status import Status
+from tests.faults import established, listening, role_pids
 from tests.helpers import tiny_ct
 from tests.nodeproc import NodeProcess
 
@@ -51,51 +52,11 @@ max_associations = 1
 
 def receivers(serve_pid: int) -> list[int]:
     """The ``pacs-node receiver`` children of serve."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            command = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        if parent == serve_pid and b"receiver" in command:
-            found.append(int(entry.name))
-    return found
-
-
-def listening(port: int) -> int:
-    """How many sockets listen on ``port`` (one per receiver process, SO_REUSEPORT)."""
-    count = 0
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            count += int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A"
-    return count
+    return role_pids(serve_pid, "receiver")
 
 
 def established_by_pid(pids: list[int], port: int) -> dict[int, int]:
-    """How many established TCP connections on local ``port`` each process holds (from /proc)."""
-    inodes: set[str] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
-                inodes.add(fields[9])
-    counts = {}
-    for pid in pids:
-        held = 0
-        for fd in Path(f"/proc/{pid}/fd").iterdir():
-            try:
-                target = os.readlink(fd)
-            except OSError:
-                continue
-            if target.startswith("socket:[") and target[8:-1] in inodes:
-                held += 1
-        counts[pid] = held
-    return counts
+    return {pid: established(pid, port) for pid in pids}
 
 
 def associate(port: int, calling: str = "STORESCU") -> Association:
