@@ -1,10 +1,10 @@
-"""The node's AE and listener: storage and verification SCP, policy, limits, TCP_NODELAY, TLS.
+"""The node's listener: storage and verification SCP, admission (policy, limits), TCP_NODELAY, TLS.
 
+A thread accepts connections and gives each its own thread (:class:`node.receive.acceptor.Connection`).
 With ``[node.tls]`` the listener speaks TLS only (PS3.15 Annex B; :mod:`node.dicom.tls` builds the
-context): there is no second, plain port. pynetdicom would do each TLS handshake on the listener's own
-thread, right after ``accept``, with no timeout, so one silent client would block every other one; here
-the accepted socket is wrapped without a handshake, and the handshake runs on the connection's own thread
-within ``limits.acse_timeout_s``. A connection whose handshake fails (no or an untrusted client
+context): there is no second, plain port. The accepted socket is wrapped without a handshake, and the
+handshake runs on the connection's own thread within ``limits.acse_timeout_s``, so one silent client
+holds up nobody else. A connection whose handshake fails (no or an untrusted client
 certificate under mutual TLS, an old TLS version, a plain DICOM client) is closed before any association
 exists, and logged as a WARNING once per client address and reason (repeats at DEBUG).
 """

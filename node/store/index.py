@@ -4,7 +4,7 @@ Durability: WAL journal with ``synchronous=FULL``, so a committed row survives p
 write method commits before it returns. A C-STORE handler answers success only after :meth:`Index.record`
 has returned (DESIGN §4.1).
 
-Threading model: one connection, guarded by one lock, shared by every thread of the process. pynetdicom
+Threading model: one connection, guarded by one lock, shared by every thread of the process. The receiver
 starts a thread per association; SQLite admits one writer at a time anyway, so per-thread connections
 would not write faster, would turn contention into ``SQLITE_BUSY`` retries, and would leave a connection
 behind for every association thread that ends. Under the lock each call is a short transaction (the WAL
